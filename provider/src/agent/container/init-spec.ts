@@ -1,0 +1,29 @@
+/** What the agent hands to the container init over a pipe (fd 3). */
+export interface InitSpec {
+  id: string;
+  rootfs: {
+    /** Read-only image layers, uppermost first. */
+    lower: string[];
+    upper: string;
+    work: string;
+    /** Where the overlay is mounted and pivot_root enters. */
+    merged: string;
+  };
+  hostname: string;
+  command: string[];
+  env: Record<string, string>;
+  workingDir: string;
+  uid: number;
+  gid: number;
+  groups: number[];
+}
+
+/** The pipe the init reads its spec from. */
+export const SPEC_FD = 3;
+/**
+ * The pipe the init reports on, one JSON line each: its pid on the cell,
+ * then either the announcement of execve or the step that failed.
+ */
+export const STATUS_FD = 4;
+
+export type InitReport = { pid: number } | { exec: true } | { failed: { step: string; message: string } };

@@ -1,0 +1,103 @@
+/**
+ * Messages between the provider and the agent on a cell. The provider writes
+ * one JSON request per line to the agent's stdin; the agent writes one JSON
+ * response per line to its stdout, matched by id. Responses may arrive out of
+ * order because the agent serves requests concurrently.
+ */
+import type { ContainerSpec } from "./container-spec";
+
+export interface AgentRequest<M extends keyof AgentMethods = keyof AgentMethods> {
+  id: number;
+  method: M;
+  params: AgentMethods[M]["params"];
+}
+
+export type AgentResponse =
+  | { id: number; result: unknown }
+  | { id: number; error: AgentErrorBody };
+
+/** Stable error codes, so the provider never matches message text. */
+export type AgentErrorCode =
+  | "INVALID_REQUEST"
+  | "UNSUPPORTED_CELL"
+  | "IMAGE_INVALID"
+  | "IMAGE_MISSING"
+  | "CONTAINER_EXISTS"
+  | "CONTAINER_START_FAILED"
+  | "CGROUP_FAILED"
+  | "QUOTA_UNSUPPORTED"
+  | "INTERNAL";
+
+export interface AgentErrorBody {
+  code: AgentErrorCode;
+  message: string;
+  /** The step that failed, such as "mount overlay rootfs" or "write memory limit". */
+  step: string;
+  /** The cell's own name, from /var/lib/cellfleet/cell.json or its hostname. */
+  cell: string;
+}
+
+export interface CellFacts {
+  cell: string;
+  agentVersion: string;
+  nodeVersion: string;
+  kernel: string;
+  cgroupVersion: 1 | 2;
+  overlay: boolean;
+  quota: "loop-ext4" | "none";
+}
+
+/** The spec as the agent receives it: the image is already on the cell, named by digest. */
+export interface CreateContainerParams {
+  id: string;
+  imageDigest: string;
+  spec: Omit<ContainerSpec, "image">;
+}
+
+export type ContainerStatus = "running" | "stopped";
+
+/** What is really on the cell for one container, read from processes, cgroups and mounts. */
+export interface ContainerObservation {
+  id: string;
+  status: ContainerStatus;
+  /** Why the container stopped, such as "exited with code 0" or "killed by the memory limit". */
+  reason?: string;
+  /** The workload's pid as the cell sees it; 0 when stopped. */
+  pid: number;
+  startedAt: string;
+  imageDigest: string;
+  memoryBytes: number;
+  cpuShares: number;
+  diskQuotaBytes?: number;
+  hostname: string;
+  command: string[];
+  env: Record<string, string>;
+  workingDir: string;
+  user: string;
+}
+
+export interface AgentMethods {
+  probe: { params: Record<string, never>; result: CellFacts };
+  "image.has": { params: { digest: string }; result: { present: boolean } };
+  /** Imports an archive that the provider uploaded to images/incoming/<hex>.tar. */
+  "image.import": { params: { digest: string }; result: { digest: string } };
+  "container.create": { params: CreateContainerParams; result: ContainerObservation };
+  "container.inspect": { params: { id: string }; result: ContainerObservation | null };
+  /** Changes limits of a running container in place; every other change replaces the container. */
+  "container.update": { params: { id: string; memory: number }; result: ContainerObservation };
+  "container.delete": { params: { id: string }; result: { existed: boolean } };
+  "container.list": { params: Record<string, never>; result: { ids: string[] } };
+}
+
+export type AgentMethod = keyof AgentMethods;
+
+/** Paths on a cell. The agent and the provider must agree on them. */
+export const CELL_PATHS = {
+  root: "/var/lib/cellfleet",
+  agents: "/var/lib/cellfleet/agent",
+  images: "/var/lib/cellfleet/images",
+  incoming: "/var/lib/cellfleet/images/incoming",
+  containers: "/var/lib/cellfleet/containers",
+  run: "/run/cellfleet",
+  cellConfig: "/var/lib/cellfleet/cell.json",
+} as const;

@@ -1,0 +1,113 @@
+/**
+ * Entry point of pulumi-resource-cellfleet. The engine starts the plugin
+ * with its own gRPC address as the last argument and reads the plugin's port
+ * from the first line of stdout, so nothing else may ever be written there.
+ */
+import { format } from "node:util";
+
+import type { CellConfig } from "../transport/cell-config";
+import { logLevelFromEnvironment, PluginLogger } from "./log";
+import { registerResource } from "./registry";
+import type { ResourceHandler } from "./resource";
+import { ProviderServer } from "./server";
+
+/** Resolved from this file's compiled location, dist/provider/src/plugin/. */
+const CONTAINER_HANDLER_MODULE = "./resources/container/handler";
+
+/** How long a fatal error waits for its log message to reach the engine before the process exits. */
+const FATAL_EXIT_DELAY_MS = 200;
+
+/**
+ * Returns the engine address from the plugin's arguments. The engine may put
+ * flags before it: "--logtostderr", "-v=9" and "--tracing <endpoint>".
+ */
+export function parsePluginArguments(argv: readonly string[]): { engineAddress?: string } {
+  for (let index = 0; index < argv.length; index++) {
+    const argument = argv[index];
+    if (argument === "--tracing") {
+      index += 1;
+    } else if (!argument.startsWith("-")) {
+      return { engineAddress: argument };
+    }
+  }
+  return {};
+}
+
+/**
+ * Sends console output through the plugin logger. A library that prints
+ * with console.log would otherwise write to stdout, which the engine reads,
+ * and would bypass the redaction of secrets.
+ */
+function redirectConsole(logger: PluginLogger): void {
+  console.log = (...args: unknown[]) => logger.debug(format(...args));
+  console.info = (...args: unknown[]) => logger.info(format(...args));
+  console.debug = (...args: unknown[]) => logger.debug(format(...args));
+  console.warn = (...args: unknown[]) => logger.warn(format(...args));
+  console.error = (...args: unknown[]) => logger.error(format(...args));
+}
+
+function isMissingModule(error: unknown, specifier: string): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "MODULE_NOT_FOUND" && error instanceof Error && error.message.includes(`'${specifier}'`);
+}
+
+/**
+ * Registers the Container handler when it has been built. Its absence is
+ * logged, not fatal, so the plugin can still answer schema and
+ * configuration calls; any other load error is fatal.
+ */
+function registerContainerHandler(server: ProviderServer): void {
+  let module: { createContainerHandler?: (getConfig: () => CellConfig | undefined) => ResourceHandler };
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    module = require(CONTAINER_HANDLER_MODULE);
+  } catch (error) {
+    if (!isMissingModule(error, CONTAINER_HANDLER_MODULE)) throw error;
+    server.logger.warn(`${CONTAINER_HANDLER_MODULE}.js is not built, so no resource types are served`);
+    return;
+  }
+  if (typeof module.createContainerHandler !== "function") {
+    throw new Error(`${CONTAINER_HANDLER_MODULE} does not export createContainerHandler(getConfig)`);
+  }
+  registerResource(module.createContainerHandler(server.getConfig));
+}
+
+async function main(argv: readonly string[]): Promise<void> {
+  const logger = new PluginLogger({ stderrLevel: logLevelFromEnvironment(process.env.CELLFLEET_LOG_LEVEL) });
+  redirectConsole(logger);
+
+  const fatal = (what: string, error: unknown) => {
+    logger.error(`${what}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    process.exitCode = 1;
+    setTimeout(() => process.exit(1), FATAL_EXIT_DELAY_MS);
+  };
+  process.on("uncaughtException", (error) => fatal("uncaught exception", error));
+  // A stray rejection is logged but does not stop operations that are still running on cells.
+  process.on("unhandledRejection", (reason) => logger.error(`unhandled promise rejection: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`));
+
+  const { engineAddress } = parsePluginArguments(argv);
+  if (engineAddress !== undefined) logger.connectEngine(engineAddress);
+
+  const server = new ProviderServer({ logger });
+  registerContainerHandler(server);
+  const port = await server.listen();
+  process.stdout.write(`${port}\n`);
+
+  const stop = (signal: NodeJS.Signals) => {
+    logger.debug(`received ${signal}; shutting down`);
+    server.cancel();
+    server.close().then(
+      () => process.exit(0),
+      (error: unknown) => fatal("shutdown failed", error),
+    );
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).catch((error: unknown) => {
+    process.stderr.write(`cellfleet error: plugin failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  });
+}

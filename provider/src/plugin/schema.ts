@@ -1,0 +1,243 @@
+/**
+ * The Pulumi package schema for cellfleet, returned by GetSchema and read by
+ * scripts/gen-sdk.ts. It is a typed constant rather than a JSON file so the
+ * plugin never reads files to answer the engine. Unit tests check it against
+ * cellConfigSchema, container-spec.ts and provider/package.json.
+ */
+
+/** The subset of the Pulumi package schema format that cellfleet uses. */
+export type PrimitiveType = "string" | "integer" | "number" | "boolean";
+
+export interface TypeReference {
+  type?: PrimitiveType | "array" | "object";
+  /** A reference such as "#/types/cellfleet:index:Bastion". */
+  $ref?: string;
+  items?: TypeReference;
+  additionalProperties?: TypeReference;
+}
+
+export interface PropertySpec extends TypeReference {
+  description: string;
+  secret?: boolean;
+  default?: string | number | boolean;
+}
+
+export interface ObjectTypeSpec {
+  type: "object";
+  description: string;
+  properties: Record<string, PropertySpec>;
+  required?: string[];
+}
+
+export interface EnumTypeSpec {
+  type: "string";
+  description: string;
+  enum: { value: string; description: string }[];
+}
+
+export interface ResourceSpec {
+  description: string;
+  properties: Record<string, PropertySpec>;
+  required: string[];
+  inputProperties: Record<string, PropertySpec>;
+  requiredInputs: string[];
+}
+
+export interface PackageSchema {
+  name: string;
+  displayName: string;
+  version: string;
+  description: string;
+  license: string;
+  keywords: string[];
+  config: { variables: Record<string, PropertySpec>; defaults: string[] };
+  provider: { description: string; inputProperties: Record<string, PropertySpec>; requiredInputs: string[] };
+  types: Record<string, ObjectTypeSpec | EnumTypeSpec>;
+  resources: Record<string, ResourceSpec>;
+  language: Record<string, Record<string, unknown>>;
+}
+
+/** Must equal "version" in provider/package.json; a unit test enforces it. */
+export const PACKAGE_VERSION = "0.1.0";
+
+export const CONTAINER_TOKEN = "cellfleet:index:Container";
+export const BASTION_TOKEN = "cellfleet:index:Bastion";
+export const CONTAINER_STATUS_TOKEN = "cellfleet:index:ContainerStatus";
+
+const PIN_NOTE = "Set hostKey or knownHostsFile: cellfleet never trusts a host key it cannot check.";
+
+/** Connection settings shared by the cell itself and the bastion in front of it. */
+function hopProperties(role: "cell" | "bastion"): Record<string, PropertySpec> {
+  const target = role === "cell" ? "the cell" : "the bastion";
+  return {
+    host: { type: "string", description: `Address or DNS name of ${target}.` },
+    port: { type: "integer", default: 22, description: `SSH port of ${target}, from 1 to 65535.` },
+    user: { type: "string", default: "root", description: `User to log in as on ${target}.` },
+    privateKey: {
+      type: "string",
+      secret: true,
+      description: `Private key for ${target}, as PEM or OpenSSH text (not a file path).`,
+    },
+    passphrase: { type: "string", secret: true, description: "Passphrase that decrypts privateKey, if it is encrypted." },
+    hostKey: {
+      type: "string",
+      description:
+        `Pinned host key of ${target}: a public key line such as "ssh-ed25519 AAAA..." or a fingerprint such as "SHA256:...". ` +
+        PIN_NOTE,
+    },
+    knownHostsFile: {
+      type: "string",
+      description: `Path of an OpenSSH known_hosts file that lists ${target}. ${PIN_NOTE}`,
+    },
+  };
+}
+
+const CONFIG_PROPERTIES: Record<string, PropertySpec> = {
+  ...hopProperties("cell"),
+  bastion: {
+    $ref: `#/types/${BASTION_TOKEN}`,
+    description: "A jump host to reach the cell through, as with ssh -J. Leave it unset to dial the cell directly.",
+  },
+  sudo: {
+    type: "boolean",
+    description: "Run the cell agent through `sudo -n`. Defaults to true when user is not root.",
+  },
+  dialTimeout: {
+    type: "number",
+    default: 15,
+    description: "Seconds to wait for one TCP connection and SSH handshake, greater than 0 and at most 600.",
+  },
+  dialRetries: {
+    type: "integer",
+    default: 5,
+    description: "Further attempts after a refused or timed-out dial, with exponential backoff, from 0 to 100.",
+  },
+};
+
+const CONTAINER_INPUTS: Record<string, PropertySpec> = {
+  image: {
+    type: "string",
+    description: "Path of a rootfs tarball or an OCI image archive on the machine that runs Pulumi. It is uploaded to the cell.",
+  },
+  command: {
+    type: "array",
+    items: { type: "string" },
+    description: 'Program and arguments of the workload, such as ["/bin/sh", "-c", "sleep 1000"]. Must not be empty.',
+  },
+  env: {
+    type: "object",
+    additionalProperties: { type: "string" },
+    description:
+      "Environment variables of the workload. Names use letters, digits and underscores and do not start with a digit. " +
+      "A value passed as a secret stays secret in the state and in the outputs.",
+  },
+  workingDir: {
+    type: "string",
+    default: "/",
+    description: 'Absolute working directory inside the container, without "..". Defaults to "/".',
+  },
+  user: {
+    type: "string",
+    default: "0",
+    description: 'User to run the workload as: "UID", "UID:GID" or a user name from the image\'s /etc/passwd. Defaults to "0".',
+  },
+  hostname: {
+    type: "string",
+    description: "Hostname inside the container: 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.",
+  },
+  memory: {
+    type: "string",
+    default: "256MiB",
+    description:
+      'Memory limit, such as "512MiB", "2G" or "1.5GiB". Single-letter and "Xi"/"XiB" suffixes are binary, "KB", "MB", "GB" and "TB" decimal. ' +
+      "At least 4MiB; defaults to 256MiB. CPU shares are derived from it.",
+  },
+  diskQuota: {
+    type: "string",
+    description: 'Limit on the disk space the container can write, such as "1GiB", at least 16MiB. Unset means no limit.',
+  },
+};
+
+const CONTAINER_OUTPUTS: Record<string, PropertySpec> = {
+  ...CONTAINER_INPUTS,
+  containerId: { type: "string", description: "Id of the container on the cell; the same value as the resource id." },
+  status: { $ref: `#/types/${CONTAINER_STATUS_TOKEN}`, description: "Whether the workload is running, as last observed." },
+  reason: {
+    type: "string",
+    description: 'Why the container stopped, such as "exited with code 0" or "killed by the memory limit". Unset while it runs.',
+  },
+  pid: { type: "integer", description: "Process id of the workload as the cell sees it; 0 when the container is stopped." },
+  cpuShares: {
+    type: "integer",
+    description: "cpu.shares of the container: proportional to memory, 1024 at 8 GiB and above, at least 10.",
+  },
+  startedAt: { type: "string", description: "When the workload started, as reported by the cell agent." },
+  imageDigest: { type: "string", description: "Content digest of the image on the cell, which names the imported image there." },
+  memoryBytes: { type: "integer", description: "Memory limit in bytes, as written to the container's cgroup." },
+};
+
+export const PACKAGE_SCHEMA: PackageSchema = {
+  name: "cellfleet",
+  displayName: "cellfleet",
+  version: PACKAGE_VERSION,
+  description: "Hardened containers on plain Linux hosts (cells) reached over SSH.",
+  license: "Apache-2.0",
+  keywords: ["pulumi", "cellfleet", "containers", "ssh", "category/infrastructure", "kind/native"],
+  config: {
+    variables: CONFIG_PROPERTIES,
+    defaults: ["host", "privateKey"],
+  },
+  provider: {
+    description: "How to reach one cell over SSH. Each provider instance manages the containers of one cell.",
+    inputProperties: CONFIG_PROPERTIES,
+    requiredInputs: ["host", "privateKey"],
+  },
+  types: {
+    [BASTION_TOKEN]: {
+      type: "object",
+      description: "A jump host between Pulumi and the cell. Its host key must be pinned like the cell's.",
+      properties: hopProperties("bastion"),
+      required: ["host", "privateKey"],
+    },
+    [CONTAINER_STATUS_TOKEN]: {
+      type: "string",
+      description: "Observed state of a container's workload.",
+      enum: [
+        { value: "running", description: "The workload process is alive." },
+        { value: "stopped", description: "The workload has exited or was killed; reason says why." },
+      ],
+    },
+  },
+  resources: {
+    [CONTAINER_TOKEN]: {
+      description:
+        "A container on a cell: an unprivileged workload with its own root filesystem, user namespace and cgroup limits.",
+      properties: CONTAINER_OUTPUTS,
+      required: [
+        "image",
+        "command",
+        "env",
+        "workingDir",
+        "user",
+        "memory",
+        "containerId",
+        "status",
+        "pid",
+        "cpuShares",
+        "startedAt",
+        "imageDigest",
+        "memoryBytes",
+      ],
+      inputProperties: CONTAINER_INPUTS,
+      requiredInputs: ["image", "command"],
+    },
+  },
+  language: {
+    nodejs: { packageName: "@cellfleet/sdk" },
+  },
+};
+
+/** Returns the schema as the JSON text that GetSchema sends. */
+export function schemaJson(): string {
+  return JSON.stringify(PACKAGE_SCHEMA);
+}

@@ -16,6 +16,7 @@ packages=(
   xz-utils
   coreutils
   procps
+  e2fsprogs
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -1,0 +1,50 @@
+// Runs the quickstart program against a local cell through the Automation
+// API: shared by `npm run demo` and the end-to-end tests.
+import path from "node:path";
+
+import { LocalWorkspace, type Stack } from "@pulumi/pulumi/automation";
+
+import { quickstart } from "../examples/quickstart";
+
+/** What scripts/cell.sh create prints about a cell. */
+export interface CellDescription {
+  name: string;
+  host: string;
+  port: number;
+  user: string;
+  privateKeyPath: string;
+  hostPublicKey: string;
+}
+
+export interface StackOptions {
+  repoRoot: string;
+  stackName: string;
+  /** A file:// URL of the directory that holds the stack's state. */
+  backendUrl: string;
+  passphrase: string;
+}
+
+export async function quickstartStack(options: StackOptions): Promise<Stack> {
+  const workspaceEnv = {
+    PULUMI_BACKEND_URL: options.backendUrl,
+    PULUMI_CONFIG_PASSPHRASE: options.passphrase,
+    PULUMI_SKIP_UPDATE_CHECK: "true",
+    PULUMI_DIY_BACKEND_NO_LEGACY_WARNING: "true",
+  };
+  return LocalWorkspace.createOrSelectStack(
+    { stackName: options.stackName, projectName: "cellfleet-quickstart", program: async () => quickstart() },
+    { workDir: options.repoRoot, envVars: workspaceEnv },
+  );
+}
+
+export async function configureForCell(stack: Stack, cell: CellDescription, privateKey: string, image: string): Promise<void> {
+  await stack.setAllConfig({
+    host: { value: cell.host },
+    port: { value: String(cell.port) },
+    user: { value: cell.user },
+    privateKey: { value: privateKey, secret: true },
+    hostKey: { value: cell.hostPublicKey },
+    image: { value: path.resolve(image) },
+    apiToken: { value: "demo-token-not-a-real-secret", secret: true },
+  });
+}

@@ -58,6 +58,11 @@ const fcntlFn = libc.func("int fcntl(int fd, int cmd, ...)");
 
 const F_SETFD = 2;
 
+const sockFprog = koffi.struct("sock_fprog", { len: "uint16_t", filter: "void *" });
+const prctlSeccompFn = libc.func("int prctl(int option, unsigned long mode, sock_fprog *program, unsigned long arg4, unsigned long arg5)");
+const PR_SET_SECCOMP = 22;
+const SECCOMP_MODE_FILTER = 2;
+
 /** A failed libc call, named by the call and its quoted arguments, with errno decoded. */
 export class SyscallError extends Error {
   constructor(
@@ -128,6 +133,15 @@ export function dup2(oldFd: number, newFd: number): void {
 
 export function closeRange(first: number, last: number, flags = 0): void {
   check(closeRangeFn(first, last, flags), `close_range(${first}, ${last}, ${flags})`);
+}
+
+/**
+ * Installs a seccomp filter on the calling thread. The thread that calls
+ * execve keeps it, and every process the workload starts inherits it.
+ */
+export function installSeccompFilter(program: Buffer): void {
+  const instructions = program.length / 8;
+  check(prctlSeccompFn(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, { len: instructions, filter: program }, 0, 0), `prctl(PR_SET_SECCOMP, ${instructions} instructions)`);
 }
 
 /** Clears FD_CLOEXEC so the descriptor survives execve. */

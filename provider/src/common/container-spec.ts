@@ -5,6 +5,7 @@
 import { z } from "zod";
 
 import { cpuSharesForMemory } from "./resources";
+import { X86_64_SYSCALLS } from "./syscalls";
 import { parseByteSize, SIZE_EXAMPLES } from "./units";
 
 /** The smallest memory limit accepted: below this the kernel OOM-kills Node-free shells too. */
@@ -81,6 +82,21 @@ export const containerInputsSchema = z
       .optional(),
     memory: byteSize("memory", { min: MIN_MEMORY_BYTES }).prefault(DEFAULT_MEMORY),
     diskQuota: byteSize("diskQuota", { min: 16 * 1024 * 1024 }).optional(),
+    privileged: z.boolean().default(false),
+    seccompDeny: z
+      .array(z.string())
+      .default([])
+      .superRefine((names, context) => {
+        names.forEach((name, index) => {
+          if (!(name in X86_64_SYSCALLS)) {
+            context.addIssue({
+              code: "custom",
+              path: [index],
+              message: `seccompDeny[${index}] ${JSON.stringify(name)} is not a system call this filter knows: use one of ${Object.keys(X86_64_SYSCALLS).sort().join(", ")}`,
+            });
+          }
+        });
+      }),
   })
   .strict();
 

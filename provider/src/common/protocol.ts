@@ -4,7 +4,7 @@
  * response per line to its stdout, matched by id. Responses may arrive out of
  * order because the agent serves requests concurrently.
  */
-import type { ContainerSpec } from "./container-spec";
+import type { ContainerInputs } from "./container-spec";
 
 export interface AgentRequest<M extends keyof AgentMethods = keyof AgentMethods> {
   id: number;
@@ -47,11 +47,14 @@ export interface CellFacts {
   quota: "loop-ext4" | "none";
 }
 
-/** The spec as the agent receives it: the image is already on the cell, named by digest. */
+/**
+ * The spec as the agent receives it: the image is already on the cell, named
+ * by digest. The agent validates it again and fills in defaults.
+ */
 export interface CreateContainerParams {
   id: string;
   imageDigest: string;
-  spec: Omit<ContainerSpec, "image">;
+  spec: Omit<ContainerInputs, "image">;
 }
 
 export type ContainerStatus = "running" | "stopped";

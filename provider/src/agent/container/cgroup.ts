@@ -10,8 +10,32 @@ import { cpuSharesForWeight, cpuWeightForShares } from "../../common/resources";
 
 export const CGROUP_ROOT = "/sys/fs/cgroup";
 
-/** The v1 controllers a container joins; memory and cpu carry limits, pids lists every process. */
-const V1_CONTROLLERS = ["memory", "cpu", "pids"] as const;
+/**
+ * The v1 controllers a container joins: memory and cpu carry limits, pids
+ * lists every process, devices holds the device allowlist.
+ */
+const V1_CONTROLLERS = ["memory", "cpu", "pids", "devices"] as const;
+
+/**
+ * Devices a container may open, as cgroup v1 rules "type major:minor
+ * access": the null, zero, full, random and urandom nodes, tty, the console
+ * ttys 0 and 1, ptmx and the pseudo-terminals, fuse and tun. Everything else
+ * is denied, also device nodes that a privileged container could mknod.
+ */
+export const DEVICE_RULES = [
+  "c 1:3 rwm",
+  "c 1:5 rwm",
+  "c 1:7 rwm",
+  "c 1:8 rwm",
+  "c 1:9 rwm",
+  "c 5:0 rwm",
+  "c 4:0 rwm",
+  "c 4:1 rwm",
+  "c 5:2 rwm",
+  "c 136:* rwm",
+  "c 10:229 rwm",
+  "c 10:200 rwm",
+];
 const V2_CONTROLLERS = ["memory", "cpu", "pids"] as const;
 
 export interface CgroupLimits {
@@ -76,6 +100,17 @@ export async function createCgroup(
   for (const directory of directories) await fs.mkdir(directory, { recursive: true });
   const cgroup: ContainerCgroup = { version, directories };
   await writeLimits(cgroup, limits);
+  if (version === 1) {
+    const devices = directories[V1_CONTROLLERS.indexOf("devices")];
+    await writeValue(devices, "devices.deny", "a");
+    for (const rule of DEVICE_RULES) await writeValue(devices, "devices.allow", rule);
+  } else {
+    // One OOM kill takes down the whole container rather than one process of it.
+    await writeValue(directories[0], "memory.oom.group", 1);
+    // NOTE: cgroup v2 has no device files; the allowlist rests on /dev
+    // holding only the nodes above and on user namespaces forbidding mknod.
+    // An eBPF device program would also cover privileged containers.
+  }
   return cgroup;
 }
 

@@ -9,7 +9,7 @@ import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 
-import { containerInputsSchema } from "../../common/container-spec";
+import { containerInputsSchema, type ContainerSpec } from "../../common/container-spec";
 import { CELL_PATHS, ContainerObservation, CreateContainerParams } from "../../common/protocol";
 import { cpuSharesForMemory, MAPPED_ROOT_ID } from "../../common/resources";
 import { AgentFailure, step } from "../errors";
@@ -17,7 +17,7 @@ import { exists, readJson, writeFileAtomic } from "../files";
 import { withLock } from "../lock";
 import { cellSettings } from "../settings";
 import * as cgroups from "./cgroup";
-import { hasImage, imageRootfs } from "./image";
+import { ensurePrivilegedRootfs, hasImage, imageRootfs } from "./image";
 import { launchContainer, processStartTime } from "./launcher";
 import { mountQuotaFilesystem, unmountQuotaFilesystem } from "./quota";
 
@@ -30,7 +30,7 @@ interface ContainerRecord {
   id: string;
   requestHash: string;
   imageDigest: string;
-  spec: CreateContainerParams["spec"];
+  spec: Omit<ContainerSpec, "image">;
   hostname: string;
   uid: number;
   gid: number;
@@ -53,7 +53,14 @@ function validateId(id: string): void {
   }
 }
 
-function hashRequest(params: CreateContainerParams): string {
+/** A create request after validation, with every default filled in. */
+interface ValidRequest {
+  id: string;
+  imageDigest: string;
+  spec: Omit<ContainerSpec, "image">;
+}
+
+function hashRequest(params: ValidRequest): string {
   return createHash("sha256").update(JSON.stringify([params.imageDigest, params.spec])).digest("hex");
 }
 
@@ -65,20 +72,21 @@ export async function createContainer(params: CreateContainerParams): Promise<Co
     throw new AgentFailure("INVALID_REQUEST", "validate container spec", parsed.error.issues.map((issue) => `${issue.path.join(".")}: ${issue.message}`).join("; "));
   }
 
+  const request = { id: params.id, imageDigest: params.imageDigest, spec: parsed.data };
   return withLock(`container-${params.id}`, async () => {
     const existing = await readRecord(params.id);
     if (existing) {
-      if (existing.requestHash !== hashRequest(params)) {
+      if (existing.requestHash !== hashRequest(request)) {
         throw new AgentFailure("CONTAINER_EXISTS", "check for an existing container", `container ${params.id} already exists with a different spec; delete it first`);
       }
       return observe(existing);
     }
-    const record = await buildContainer(params);
+    const record = await buildContainer(request);
     return observe(record);
   });
 }
 
-async function buildContainer(params: CreateContainerParams): Promise<ContainerRecord> {
+async function buildContainer(params: ValidRequest): Promise<ContainerRecord> {
   const { id, spec, imageDigest } = params;
   if (!(await hasImage(imageDigest))) {
     throw new AgentFailure("IMAGE_MISSING", "find image", `image ${imageDigest} is not on this cell; import it first`);
@@ -86,7 +94,9 @@ async function buildContainer(params: CreateContainerParams): Promise<ContainerR
   const settings = await cellSettings();
   const directory = containerDirectory(id);
   const layer = path.join(directory, "layer");
-  const lower = imageRootfs(imageDigest);
+  const lower = spec.privileged ? await step("prepare privileged rootfs", "IMAGE_INVALID", () => ensurePrivilegedRootfs(imageDigest)) : imageRootfs(imageDigest);
+  // Container root owns its read-write layer: host root for privileged containers, the mapped root id otherwise.
+  const layerOwner = spec.privileged ? 0 : MAPPED_ROOT_ID;
   let cgroup: cgroups.ContainerCgroup | undefined;
   let quota: ContainerRecord["quota"];
 
@@ -108,7 +118,7 @@ async function buildContainer(params: CreateContainerParams): Promise<ContainerR
     await step("create read-write layer", "INTERNAL", async () => {
       for (const name of ["upper", "work"]) {
         await fs.mkdir(path.join(layer, name), { mode: 0o755 });
-        await fs.chown(path.join(layer, name), MAPPED_ROOT_ID, MAPPED_ROOT_ID);
+        await fs.chown(path.join(layer, name), layerOwner, layerOwner);
       }
       await fs.mkdir(path.join(directory, "rootfs"), { mode: 0o755 });
     });
@@ -131,6 +141,8 @@ async function buildContainer(params: CreateContainerParams): Promise<ContainerR
             uid,
             gid,
             groups: [gid],
+            privileged: spec.privileged,
+            seccompDeny: spec.seccompDeny,
           },
           cgroupProcsFiles: cgroups.procsFiles(cgroup!),
           stdoutPath: path.join(directory, "stdout.log"),
@@ -228,7 +240,16 @@ async function stopReason(record: ContainerRecord): Promise<string> {
 
 /** Reads what is on the cell now: the workload process, cgroup values, the container's hostname. */
 async function observe(record: ContainerRecord): Promise<ContainerObservation> {
-  const running = await alive(record.pid, record.pidStartTime);
+  let running = await alive(record.pid, record.pidStartTime);
+  // The kernel's OOM killer on cgroup v1 kills one process, not the whole
+  // container. A container that went over its limit is destroyed here, so it
+  // never runs on half-killed. cgroup v2 does this itself (memory.oom.group).
+  // NOTE: on v1 this happens at the next read, not at the moment of the OOM.
+  if (running && (await cgroups.wasOomKilled(record.cgroup).catch(() => false))) {
+    await cgroups.killAll(record.cgroup);
+    await waitForReaped(record.pid, record.pidStartTime);
+    running = false;
+  }
   const limits = await cgroups.readLimits(record.cgroup);
   const observation: ContainerObservation = {
     id: record.id,

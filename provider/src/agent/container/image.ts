@@ -26,8 +26,13 @@ export function digestHex(digest: string): string {
   return match[1];
 }
 
-export function imageRootfs(digest: string): string {
-  return path.join(CELL_PATHS.images, digestHex(digest), "rootfs");
+/**
+ * The rootfs a container's overlay uses as its lower layer. Unprivileged
+ * containers get the copy with ids shifted; privileged ones have no user
+ * namespace and get a copy with the image's own ids.
+ */
+export function imageRootfs(digest: string, privileged = false): string {
+  return path.join(CELL_PATHS.images, digestHex(digest), privileged ? "rootfs-privileged" : "rootfs");
 }
 
 export function incomingArchive(digest: string): string {
@@ -65,7 +70,7 @@ export async function importImage(digest: string): Promise<void> {
     await fs.mkdir(rootfs, { recursive: true, mode: 0o755 });
     try {
       await unpackArchive(archive, rootfs, staging);
-      await shiftOwnership(rootfs);
+      await shiftOwnership(rootfs, 0, MAPPED_ROOT_ID);
       // Containers run as mapped ids and must be able to reach their lower layer.
       await fs.chmod(staging, 0o755);
       await fs.rename(staging, path.join(CELL_PATHS.images, hex));
@@ -75,6 +80,25 @@ export async function importImage(digest: string): Promise<void> {
     }
     await fs.rm(archive, { force: true });
   });
+}
+
+/** Makes the privileged copy of an imported image by copying it and shifting ids back. */
+export async function ensurePrivilegedRootfs(digest: string): Promise<string> {
+  const hex = digestHex(digest);
+  const target = imageRootfs(digest, true);
+  await withLock(`image-${hex}`, async () => {
+    if (await exists(target)) return;
+    const staging = `${target}.staging-${randomBytes(4).toString("hex")}`;
+    try {
+      await run("cp", ["-a", imageRootfs(digest), staging]);
+      await shiftOwnership(staging, MAPPED_ROOT_ID, 0);
+      await fs.rename(staging, target);
+    } catch (error) {
+      await fs.rm(staging, { recursive: true, force: true });
+      throw new AgentFailure("IMAGE_INVALID", "prepare privileged rootfs", (error as Error).message, { cause: error });
+    }
+  });
+  return target;
 }
 
 async function listEntries(archive: string): Promise<string[]> {
@@ -146,16 +170,17 @@ async function applyWhiteouts(layer: string, rootfs: string): Promise<void> {
 }
 
 /**
- * Shifts image root to the mapped root id. chown clears setuid and setgid
- * bits on Linux even for root, so those modes are restored afterwards.
+ * Changes owner id `from` to `to` throughout a tree, for users and groups.
+ * chown clears setuid and setgid bits on Linux even for root, so those modes
+ * are restored afterwards.
  */
-async function shiftOwnership(rootfs: string): Promise<void> {
+async function shiftOwnership(rootfs: string, from: number, to: number): Promise<void> {
   const pending = [rootfs];
   while (pending.length > 0) {
     const current = pending.pop()!;
     const stat = await fs.lstat(current);
-    const uid = stat.uid === 0 ? MAPPED_ROOT_ID : stat.uid;
-    const gid = stat.gid === 0 ? MAPPED_ROOT_ID : stat.gid;
+    const uid = stat.uid === from ? to : stat.uid;
+    const gid = stat.gid === from ? to : stat.gid;
     if (uid !== stat.uid || gid !== stat.gid) {
       await fs.lchown(current, uid, gid);
       if (!stat.isSymbolicLink() && (stat.mode & 0o6000) !== 0) await fs.chmod(current, stat.mode & 0o7777);

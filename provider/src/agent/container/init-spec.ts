@@ -16,6 +16,10 @@ export interface InitSpec {
   uid: number;
   gid: number;
   groups: number[];
+  /** No user namespace and CAP_SYS_ADMIN kept; every other measure still applies. */
+  privileged: boolean;
+  /** System calls denied on top of the default seccomp filter. */
+  seccompDeny: string[];
 }
 
 /** The pipe the init reads its spec from. */

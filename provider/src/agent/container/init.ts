@@ -13,12 +13,16 @@ import path from "node:path";
 import * as libc from "../libc";
 import { allCapabilityNumbers, keptCapabilityMask } from "./capabilities";
 import { InitReport, InitSpec, SPEC_FD, STATUS_FD } from "./init-spec";
+import { buildFilter, encodeFilter } from "./seccomp";
 
 const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const CLOSE_RANGE_CLOEXEC = 1 << 2;
 
-/** Device nodes bound from the cell into every container's /dev. */
-const DEVICE_NODES = ["null", "zero", "full", "random", "urandom", "tty"];
+/**
+ * Device nodes bound from the cell into every container's /dev, when the
+ * cell has them. The container's devices cgroup allows exactly these.
+ */
+const DEVICE_NODES = ["null", "zero", "full", "random", "urandom", "tty", "tty0", "tty1", "fuse", "net/tun"];
 
 /** /proc entries that reach kernel settings: a write there would change the whole cell. */
 const READ_ONLY_PROC_PATHS = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
@@ -108,7 +112,7 @@ function startContainer(spec: InitSpec): never {
   const executable = runStep("resolve executable", () => resolveExecutable(spec.command[0], spec.env.PATH ?? DEFAULT_PATH));
 
   // Needs CAP_SETPCAP, which setresuid to a non-root user would remove.
-  runStep("drop capabilities from the bounding set", () => dropBoundingCapabilities());
+  runStep("drop capabilities from the bounding set", () => dropBoundingCapabilities(spec.privileged));
 
   // Inheritable capabilities must be empty: a non-empty set would survive
   // execve into programs that carry file capabilities.
@@ -117,7 +121,7 @@ function startContainer(spec: InitSpec): never {
   // setuid and file-capability binaries in the image must not raise privileges.
   runStep("set no_new_privs", () => libc.prctl(libc.PR.SET_NO_NEW_PRIVS, 1));
 
-  runStep("switch user", () => switchUser(spec.uid, spec.gid, spec.groups));
+  runStep("switch user", () => switchUser(spec.uid, spec.gid, spec.groups, spec.privileged));
 
   // Set after switching users, so a directory the user cannot enter fails here.
   runStep("enter working directory", () => libc.chdir(spec.workingDir));
@@ -130,6 +134,10 @@ function startContainer(spec: InitSpec): never {
   // Node marks its stdio close-on-exec, so without this the workload would
   // start with no stdin, stdout or stderr at all.
   runStep("set up stdio", prepareStdio);
+
+  // Last before execve: the filter denies calls that the steps above make,
+  // such as mount and pivot_root.
+  runStep("install seccomp filter", () => libc.installSeccompFilter(encodeFilter(buildFilter({ privileged: spec.privileged, extraDenied: spec.seccompDeny }))));
 
   const envp = Object.entries({ PATH: DEFAULT_PATH, HOME: spec.uid === 0 ? "/root" : "/", ...spec.env }).map(
     ([name, value]) => `${name}=${value}`,
@@ -203,7 +211,9 @@ function populateDev(rootfs: string): void {
   // mknod is not allowed in a user namespace, so device nodes are bind mounts
   // of the cell's own nodes; the targets are files in the fresh tmpfs above.
   for (const name of DEVICE_NODES) {
+    if (!existsSync(`/dev/${name}`)) continue;
     const target = path.join(dev, name);
+    mkdirSync(path.dirname(target), { recursive: true, mode: 0o755 });
     writeFileSync(target, "", { mode: 0o666 });
     libc.mount(`/dev/${name}`, target, null, libc.MS.BIND);
   }
@@ -284,8 +294,8 @@ function resolveExecutable(program: string, searchPath: string): string {
   throw new Error(`executable ${JSON.stringify(program)} not found in the image (searched ${candidates.join(", ")})`);
 }
 
-function dropBoundingCapabilities(): void {
-  const kept = keptCapabilityMask(false);
+function dropBoundingCapabilities(privileged: boolean): void {
+  const kept = keptCapabilityMask(privileged);
   for (const number of allCapabilityNumbers()) {
     if ((kept & (1n << BigInt(number))) === 0n) libc.prctl(libc.PR.CAPBSET_DROP, number);
   }
@@ -296,10 +306,10 @@ function dropBoundingCapabilities(): void {
  * effective and permitted; for any other user setresuid clears them, as it
  * does for ordinary processes. The inheritable set is emptied either way.
  */
-function switchUser(uid: number, gid: number, groups: number[]): void {
+function switchUser(uid: number, gid: number, groups: number[], privileged: boolean): void {
   libc.setgroups(groups);
   libc.setresgid(gid);
   libc.setresuid(uid);
-  const kept = uid === 0 ? keptCapabilityMask(false) : 0n;
+  const kept = uid === 0 ? keptCapabilityMask(privileged) : 0n;
   libc.capset(kept, kept, 0n);
 }

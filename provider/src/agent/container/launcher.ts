@@ -80,11 +80,22 @@ async function writeIdMaps(pid: number): Promise<void> {
   await fs.writeFile(`/proc/${pid}/gid_map`, map);
 }
 
+const UNSHARE = "unshare --mount --uts --ipc --net --pid --fork --kill-child --propagation private --";
+
+/**
+ * The reaper shell. It joins the cgroups first, so every later process,
+ * including the workload, is limited and can be found; it then waits for
+ * the container and records how it ended. A privileged container has no
+ * user namespace to enter, so its holder argument is empty.
+ */
 const CHAIN_SCRIPT = [
-  // Join the cgroups first, so every later process, including the workload, is limited and can be found.
   'status_file="$1"; holder="$2"; node="$3"; agent="$4"; shift 4',
   'for procs in "$@"; do echo $$ > "$procs" || exit 125; done',
-  'nsenter --user="/proc/$holder/ns/user" -- unshare --mount --uts --ipc --net --pid --fork --kill-child --propagation private -- "$node" "$agent" init',
+  'if [ -n "$holder" ]; then',
+  `  nsenter --user="/proc/$holder/ns/user" -- ${UNSHARE} "$node" "$agent" init`,
+  "else",
+  `  ${UNSHARE} "$node" "$agent" init`,
+  "fi",
   'code=$?',
   'echo "$code" > "$status_file.tmp" && mv "$status_file.tmp" "$status_file"',
 ].join("\n");
@@ -94,17 +105,17 @@ const CHAIN_SCRIPT = [
  * On failure everything started here is killed; the caller removes cgroups.
  */
 export async function launchContainer(request: LaunchRequest): Promise<LaunchResult> {
-  const holder = await startUserNamespaceHolder();
+  const holder = request.spec.privileged ? undefined : await startUserNamespaceHolder();
   let chain: ChildProcess | undefined;
   try {
-    await writeIdMaps(holder.pid!);
+    if (holder) await writeIdMaps(holder.pid!);
 
     const stdout = openSync(request.stdoutPath, "a", 0o600);
     const stderr = openSync(request.stderrPath, "a", 0o600);
     try {
       chain = spawn(
         "/bin/sh",
-        ["-c", CHAIN_SCRIPT, "cellfleet-reaper", request.exitStatusPath, String(holder.pid), process.execPath, request.agentScript, ...request.cgroupProcsFiles],
+        ["-c", CHAIN_SCRIPT, "cellfleet-reaper", request.exitStatusPath, holder ? String(holder.pid) : "", process.execPath, request.agentScript, ...request.cgroupProcsFiles],
         {
           // The container outlives this agent: its own session, no shared pipes except the two below.
           detached: true,
@@ -133,7 +144,7 @@ export async function launchContainer(request: LaunchRequest): Promise<LaunchRes
     throw error;
   } finally {
     // The namespace lives on in the container's processes; the holder was only needed to write the maps.
-    holder.kill("SIGKILL");
+    holder?.kill("SIGKILL");
   }
 }
 

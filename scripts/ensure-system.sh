@@ -17,6 +17,8 @@ packages=(
   coreutils
   procps
   e2fsprogs
+  gcc
+  libc6-dev
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -31,6 +31,9 @@ const READ_ONLY_PROC_PATHS = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
 const MASKED_PROC_FILES = ["kcore", "keys", "timer_list", "sched_debug", "kallsyms", "latency_stats"];
 const MASKED_PROC_DIRECTORIES = ["acpi", "scsi"];
 
+/** /sys directories with firmware tables and other cell-wide data; they read empty. */
+const MASKED_SYS_DIRECTORIES = ["firmware"];
+
 class InitStepError extends Error {
   constructor(
     readonly step: string,
@@ -95,7 +98,7 @@ function startContainer(spec: InitSpec): never {
   runStep("populate /dev", () => populateDev(spec.rootfs.merged));
 
   // Must follow populateDev: masking binds the container's own /dev/null.
-  runStep("mask sensitive /proc paths", () => maskProcPaths(spec.rootfs.merged));
+  runStep("mask sensitive /proc and /sys paths", () => maskPaths(spec.rootfs.merged));
 
   runStep("make kernel settings in /proc read-only", () => makeProcPathsReadOnly(spec.rootfs.merged));
 
@@ -232,11 +235,12 @@ function populateDev(rootfs: string): void {
 }
 
 /**
- * Binds the container's /dev/null over sensitive /proc files. The node is
+ * Binds the container's /dev/null over sensitive /proc files and an empty
+ * read-only tmpfs over sensitive directories. The node is
  * checked first: binding a swapped-in symlink or regular file would mask
  * with something writable (runc CVE-2025-31133).
  */
-function maskProcPaths(rootfs: string): void {
+function maskPaths(rootfs: string): void {
   const devNull = path.join(rootfs, "dev/null");
   const stat = lstatSync(devNull);
   const rdev = stat.rdev;
@@ -248,8 +252,9 @@ function maskProcPaths(rootfs: string): void {
     const target = path.join(rootfs, "proc", name);
     if (existsSync(target)) libc.mount(devNull, target, null, libc.MS.BIND);
   }
-  for (const name of MASKED_PROC_DIRECTORIES) {
-    const target = path.join(rootfs, "proc", name);
+  const maskedDirectories = [...MASKED_PROC_DIRECTORIES.map((name) => path.join("proc", name)), ...MASKED_SYS_DIRECTORIES.map((name) => path.join("sys", name))];
+  for (const name of maskedDirectories) {
+    const target = path.join(rootfs, name);
     if (existsSync(target) && statSync(target).isDirectory()) {
       libc.mount("tmpfs", target, "tmpfs", libc.MS.RDONLY | libc.MS.NOSUID | libc.MS.NODEV | libc.MS.NOEXEC, "size=0");
     }

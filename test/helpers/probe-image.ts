@@ -2,7 +2,7 @@
 // static probe program (test/fixtures/probe.c), a setuid-root copy of it,
 // and decoy binaries named like runtime tools that leave a mark if run.
 import { execFile } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -32,6 +32,35 @@ export async function buildProbeImage(): Promise<string> {
     copyFileSync(testImagePath(), output);
     const members = ["./usr/local/bin/probe", "./usr/local/bin/probe-suid", ...DECOY_PATHS.map((decoy) => `./${decoy}`)];
     await run("tar", ["-rf", output, "--numeric-owner", "--owner=0", "--group=0", "-C", staging, ...members]);
+    return output;
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+export interface PlantedEntry {
+  path: string;
+  symlinkTo?: string;
+  content?: string;
+}
+
+/**
+ * Builds a variant of the busybox test image with entries removed and
+ * planted, for images crafted to attack the runtime.
+ */
+export async function buildVariantImage(name: string, remove: string[], plant: PlantedEntry[]): Promise<string> {
+  const output = path.join(findRepoRoot(), ".cache", "images", `${name}.tar`);
+  const staging = mkdtempSync(path.join(os.tmpdir(), "cellfleet-variant-image-"));
+  try {
+    copyFileSync(testImagePath(), output);
+    if (remove.length > 0) await run("tar", ["--delete", "-f", output, ...remove]);
+    for (const entry of plant) {
+      const target = path.join(staging, entry.path);
+      mkdirSync(path.dirname(target), { recursive: true });
+      if (entry.symlinkTo !== undefined) symlinkSync(entry.symlinkTo, target);
+      else writeFileSync(target, entry.content ?? "");
+    }
+    await run("tar", ["-rf", output, "--numeric-owner", "--owner=0", "--group=0", "-C", staging, ...plant.map((entry) => entry.path)]);
     return output;
   } finally {
     rmSync(staging, { recursive: true, force: true });

@@ -52,6 +52,10 @@ describe("container input validation", function () {
     assert.match(reasonFor({ ...base, workingDir: "/tmp/../etc" }, "workingDir"), /without ".."/);
   });
 
+  it("rejects a working directory under /proc", function () {
+    assert.match(reasonFor({ ...base, workingDir: "/proc/self/fd/3" }, "workingDir"), /must not be under \/proc/);
+  });
+
   it("rejects an invalid env name", function () {
     assert.match(reasonFor({ ...base, env: { "1BAD": "x" } }, "env.1BAD"), /env name "1BAD" is invalid/);
   });

@@ -67,6 +67,11 @@ export const containerInputsSchema = z
       .default("/")
       .refine((dir) => dir.startsWith("/") && !dir.split("/").includes(".."), {
         message: 'workingDir must be an absolute path inside the container without "..", such as "/home/app"',
+      })
+      // /proc/self/fd/N names whatever descriptor N is at start-up; with a
+      // leaked host descriptor that is a way out of the rootfs (runc CVE-2024-21626).
+      .refine((dir) => !/^\/(proc|sys|dev)(\/|$)/.test(dir), {
+        message: "workingDir must not be under /proc, /sys or /dev: choose a directory of the image, such as /home/app",
       }),
     user: z
       .string()

@@ -127,7 +127,7 @@ function startContainer(spec: InitSpec): never {
   runStep("switch user", () => switchUser(spec.uid, spec.gid, spec.groups, spec.privileged));
 
   // Set after switching users, so a directory the user cannot enter fails here.
-  runStep("enter working directory", () => libc.chdir(spec.workingDir));
+  runStep("enter working directory", () => enterWorkingDirectory(spec.workingDir));
 
   // Every descriptor above stderr is marked close-on-exec, so no agent or
   // runtime descriptor reaches the workload, yet the status pipe stays
@@ -284,6 +284,19 @@ function pivotIntoRootfs(rootfs: string): void {
   libc.pivotRoot(".", ".");
   libc.umount2(".", libc.MNT_DETACH);
   libc.chdir("/");
+}
+
+/**
+ * Enters the working directory and checks that it is inside the rootfs:
+ * the kernel reports a directory outside the current root with the prefix
+ * "(unreachable)", which a leaked descriptor of the cell would produce.
+ */
+function enterWorkingDirectory(directory: string): void {
+  libc.chdir(directory);
+  const actual = process.cwd();
+  if (actual.startsWith("(unreachable)") || !actual.startsWith("/")) {
+    throw new Error(`working directory ${JSON.stringify(directory)} resolves outside the rootfs (${JSON.stringify(actual)})`);
+  }
 }
 
 function resolveExecutable(program: string, searchPath: string): string {

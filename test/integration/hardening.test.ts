@@ -2,48 +2,22 @@
 // from the cell, for unprivileged and privileged containers. Each property
 // is one table row with its own assertion, so a failure names the measure.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import path from "node:path";
 
 import { CAPABILITY_NUMBERS, DROPPED_CAPABILITIES } from "../../provider/src/agent/container/capabilities";
 import { DEVICE_RULES } from "../../provider/src/agent/container/cgroup";
 import { cpuSharesForMemory, MAPPED_ROOT_ID } from "../../provider/src/common/resources";
 import { ensureImageOnCell, imageDigest } from "../../provider/src/plugin/resources/container/image";
 import { closeAllCellSessions, type CellSession } from "../../provider/src/transport/pool";
-import { createCell, type Cell } from "../helpers/cell";
+import { createCell, findRepoRoot, type Cell } from "../helpers/cell";
 import { buildProbeImage } from "../helpers/probe-image";
 import { sessionFor } from "../helpers/session";
 
 const MEMORY = 96 * 1024 * 1024;
 
-const PROBE_SCRIPT = [
-  'for ns in ipc mnt net pid uts user; do echo "ns.$ns: $(readlink /proc/self/ns/$ns)"; done',
-  'echo "uid_map: $(tr -s " " < /proc/self/uid_map | tr "\\n" ";")"',
-  'echo "gid_map: $(tr -s " " < /proc/self/gid_map | tr "\\n" ";")"',
-  'echo "root_mount: $(head -n 1 /proc/self/mountinfo)"',
-  'echo "bind_mounts: $(awk \'$4 != "/" {print $4 "@" $5}\' /proc/self/mountinfo | tr "\\n" " ")"',
-  'echo "sys_mount: $(grep " /sys " /proc/self/mountinfo)"',
-  'w() { if sh -c "echo 1 > $1" 2>/dev/null; then echo writable; else echo denied; fi; }',
-  'echo "write.proc_sys: $(w /proc/sys/kernel/hostname)"',
-  'echo "write.sysrq: $(w /proc/sysrq-trigger)"',
-  'echo "write.sys: $(w /sys/kernel/uevent_helper)"',
-  'echo "write.cgroupfs: $(w /sys/fs/cgroup/cgroup.procs)"',
-  'echo "read.proc_keys: $(wc -c < /proc/keys)"',
-  'echo "read.timer_list: $(wc -c < /proc/timer_list)"',
-  'echo "read.sys_firmware: $(ls /sys/firmware 2>/dev/null | wc -l)"',
-  'if dmesg > /dev/null 2>&1; then echo "dmesg: allowed"; else echo "dmesg: denied"; fi',
-  'echo "dev: $(cd /dev && find . \\( -type c -o -type b \\) | sed s,^./,, | sort | tr "\\n" " ")"',
-  'grep -E "^(Cap[A-Za-z]+|NoNewPrivs|Seccomp):" /proc/self/status | tr -d "\\t" | sed "s/:/: /"',
-  'echo "hostname: $(hostname)"',
-  'echo "cwd: $(pwd)"',
-  'if [ -e /var/lib/cellfleet ]; then echo "cell_state_visible: yes"; else echo "cell_state_visible: no"; fi',
-  'echo "runtime_exes: $(for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep -c -E "node|agent" )"',
-  'touch /created-by-root && echo "rootfs_write: ok"',
-  'if cat /cell-secret > /dev/null 2>&1; then echo "cell_secret: readable"; else echo "cell_secret: denied"; fi',
-  'echo "setuid_euid: $(/usr/local/bin/probe as-user 1000 /usr/local/bin/probe-suid euid | cut -d" " -f2)"',
-  "/usr/local/bin/probe all",
-  'echo "planted_ran: $(ls /tmp/planted-ran 2>/dev/null | wc -l)"',
-  'echo "done: yes"',
-  "exec sleep 600",
-].join("\n");
+/** The probe script, shared with scripts/runc-probe.sh so runc is measured the same way. */
+const PROBE_SCRIPT = readFileSync(path.join(findRepoRoot(), "test/fixtures/probe.sh"), "utf8");
 
 type Mode = "unprivileged" | "privileged";
 
@@ -311,7 +285,7 @@ describe("hardening", function () {
       const created = await session.agent.call("container.create", {
         id,
         imageDigest: digest,
-        spec: { command: ["/bin/sh", "-c", PROBE_SCRIPT], workingDir: "/tmp", memory: MEMORY, hostname: "hard", privileged: mode === "privileged" },
+        spec: { command: ["/bin/sh", "-c", `${PROBE_SCRIPT}\nexec sleep 600`], workingDir: "/tmp", memory: MEMORY, hostname: "hard", privileged: mode === "privileged" },
       });
       const log = `/var/lib/cellfleet/containers/${id}/stdout.log`;
       const deadline = Date.now() + 20_000;

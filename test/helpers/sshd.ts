@@ -2,12 +2,12 @@
  * A real OpenSSH server for tests, listening only on 127.0.0.1 at a random
  * high port, with generated host keys, in a temporary directory.
  *
- * sshd runs as root inside new PID and mount namespaces (`unshare`): its
+ * sshd runs as root inside new PID and mount namespaces (`unshare`). Its
  * privilege separation directory /run/sshd lives on a private tmpfs, so the
- * host's /run is never touched, and stop() ends every process the server
- * started, including sessions that a test left open, by ending the
- * namespace's init. Sessions therefore see an empty /run, but the host's
- * other files and its network. Needs root and util-linux `unshare`.
+ * host's /run is never touched. stop() ends the namespace's init, which ends
+ * every process the server started, including sessions that a test left
+ * open. Sessions therefore see an empty /run, but the host's other files and
+ * its network. Needs root and util-linux `unshare`.
  */
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from "node:fs";
@@ -21,14 +21,13 @@ const execFileAsync = promisify(execFile);
 export const SSHD_PATH = "/usr/sbin/sshd";
 export const LOOPBACK = "127.0.0.1";
 const START_TIMEOUT_MS = 10_000;
-const STOP_TIMEOUT_MS = 5_000;
 /** The log is cut to this many characters so a chatty DEBUG server cannot exhaust memory. */
 const MAX_LOG_CHARS = 1_000_000;
 
 export type HostKeyType = "ed25519" | "ecdsa" | "rsa";
 
 export interface KeyPair {
-  /** Path of the private key; the public key is at `${path}.pub`. */
+  /** Path of the private key. The public key is at `${path}.pub`. */
   path: string;
   privateKey: string;
   /** The .pub line: "<type> <base64> <comment>". */
@@ -41,11 +40,11 @@ export interface KeyPair {
 export interface SshdOptions {
   /** Public key lines that may log in as the current user. */
   authorizedKeys: string[];
-  /** Host key types to generate and serve; ed25519 only when not given. */
+  /** Host key types to generate and serve. Only ed25519 when not given. */
   hostKeyTypes?: HostKeyType[];
-  /** Sets AllowTcpForwarding, which a bastion needs; false when not given. */
+  /** Sets AllowTcpForwarding, which a bastion needs. False when not given. */
   allowTcpForwarding?: boolean;
-  /** sshd LogLevel; VERBOSE when not given, which logs each connection. */
+  /** sshd LogLevel. VERBOSE when not given, which logs each connection. */
   logLevel?: "INFO" | "VERBOSE" | "DEBUG1" | "DEBUG2" | "DEBUG3";
   /** More sshd_config lines, appended as they are. */
   extraConfig?: string[];
@@ -58,7 +57,7 @@ export function canRunSshd(): boolean {
 
 /**
  * Generates a key pair with ssh-keygen in `dir`. `passphrase` encrypts the
- * private key; empty when not given.
+ * private key, and an empty one leaves it unencrypted.
  */
 export async function generateKeyPair(
   dir: string,
@@ -84,7 +83,7 @@ export async function generateKeyPair(
   };
 }
 
-/** Returns a TCP port on 127.0.0.1 that was free a moment ago; nothing listens on it when this returns. */
+/** Returns a TCP port on 127.0.0.1 that was free a moment ago. Nothing listens on it when this returns. */
 export function freeLoopbackPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
@@ -130,7 +129,7 @@ export class SshdServer {
     );
   }
 
-  /** The server's log so far (sshd -e writes it to stderr). */
+  /** Returns the server's log so far, which sshd -e writes to stderr. */
   logs(): string {
     return this.output;
   }
@@ -170,17 +169,11 @@ export class SshdServer {
   /** Ends the server's process tree and keeps the directory, so that a retry on another port can reuse the keys. */
   async terminate(): Promise<void> {
     if (this.running && this.process.pid !== undefined) {
-      // unshare passes nothing on, but --kill-child makes the kernel send
-      // SIGKILL to the namespace's init when unshare dies, which ends every
-      // process in the PID namespace.
-      process.kill(this.process.pid, "SIGTERM");
-      const timer = setTimeout(() => {
-        if (this.running && this.process.pid !== undefined) {
-          process.kill(this.process.pid, "SIGKILL");
-        }
-      }, STOP_TIMEOUT_MS);
+      // unshare with --fork blocks SIGTERM and SIGINT while it waits for its child, so
+      // it gets SIGKILL. --kill-child then makes the kernel send SIGKILL to
+      // the namespace's init, which ends every process in the PID namespace.
+      process.kill(this.process.pid, "SIGKILL");
       await this.exited;
-      clearTimeout(timer);
     }
   }
 }

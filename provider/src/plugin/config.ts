@@ -25,15 +25,16 @@ import {
 } from "./wire";
 
 /**
- * Keys that the engine keeps in provider inputs for itself: "version" at the
- * top level (pkg/resource/deploy/providers/registry.go in Pulumi 3.x), and
- * "__internal" or, from older engines, "pluginDownloadURL". They are not
+ * Keys that the engine keeps in provider inputs for itself, as
+ * pkg/resource/deploy/providers/registry.go in Pulumi 3.x shows: "version"
+ * at the top level, "__internal", and in state from older engines
+ * "pluginDownloadURL" and "pluginChecksums" at the top level. They are not
  * validated, and CheckConfig returns them unchanged because the engine reads
  * the plugin version back from its result.
  */
 export const ENGINE_CONFIG_KEYS: ReadonlySet<string> = new Set(["version", "__internal", "pluginDownloadURL", "pluginChecksums"]);
 
-/** Keys whose change moves the provider to another cell, or reaches it another way. */
+/** Keys whose change points the provider at another cell or another route to it. */
 const ADDRESS_KEYS = ["host", "port", "user", "bastion"];
 
 const CONFIG_VARIABLES = PACKAGE_SCHEMA.config.variables;
@@ -149,10 +150,10 @@ function valueAt(values: PlainMap, path: readonly PropertyKey[]): PlainValue | u
 }
 
 /**
- * True when an issue may be caused by a value that is not known yet, so it
- * must not fail a preview: the value at the issue's path or above it is
- * unknown, or the issue is the missing host key pin and knownHostsFile beside
- * it is unknown.
+ * True when an issue may come from a value that is not known yet, so it must
+ * not fail a preview. That is the case when the value at the issue's path,
+ * or above it, is unknown. It is also the case for the missing host key pin
+ * when knownHostsFile at the same level is unknown.
  */
 function dependsOnUnknown(issue: Issue, values: PlainMap): boolean {
   for (let length = 0; length <= issue.path.length; length++) {
@@ -197,7 +198,7 @@ function describeIssue(issue: Issue, values: PlainMap): CheckFailure[] {
   const path = issue.path.map((segment) => (typeof segment === "number" ? segment : String(segment)));
   const property = formatPropertyPath(path);
   const value = valueAt(values, path);
-  const shown = isSecretPath(path) || value === undefined ? "" : ` (got ${JSON.stringify(value)})`;
+  const valueNote = isSecretPath(path) || value === undefined ? "" : ` (got ${JSON.stringify(value)})`;
 
   switch (issue.code) {
     case "unrecognized_keys": {
@@ -210,18 +211,18 @@ function describeIssue(issue: Issue, values: PlainMap): CheckFailure[] {
     }
     case "invalid_type":
       if (value === undefined) return [{ property, reason: `${property} is required` }];
-      if (issue.expected === "int") return [{ property, reason: `${property} must be a whole number${shown}` }];
+      if (issue.expected === "int") return [{ property, reason: `${property} must be a whole number${valueNote}` }];
       return [{ property, reason: `${property} must be ${issue.expected === "object" ? "an object" : `a ${issue.expected}`}, not ${describeType(value)}` }];
     case "too_big":
       if (issue.origin === "number") {
         const bound = issue.inclusive === false ? "less than" : "at most";
-        return [{ property, reason: `${property} must be ${bound} ${String(issue.maximum)}${shown}` }];
+        return [{ property, reason: `${property} must be ${bound} ${String(issue.maximum)}${valueNote}` }];
       }
       return [{ property, reason: issue.message }];
     case "too_small":
       if (issue.origin === "number") {
         const bound = issue.inclusive === false ? "greater than" : "at least";
-        return [{ property, reason: `${property} must be ${bound} ${String(issue.minimum)}${shown}` }];
+        return [{ property, reason: `${property} must be ${bound} ${String(issue.minimum)}${valueNote}` }];
       }
       return [{ property, reason: issue.message }];
     default:
@@ -279,8 +280,8 @@ export function inputsFromVariables(variables: Map<string, string> | Iterable<[s
 
 /**
  * Compares old and new provider inputs. No change forces a replacement,
- * because replacing the provider would replace every container it manages;
- * changes are still listed key by key so the CLI shows them.
+ * because replacing the provider would replace every container it manages.
+ * Changes are still listed key by key, so the CLI shows them.
  */
 export function diffProviderConfig(olds: PropertyMap, news: PropertyMap, ignoreChanges: readonly string[] = []): ConfigDiff {
   const before = normalise(olds);
@@ -299,7 +300,7 @@ export function diffProviderConfig(olds: PropertyMap, news: PropertyMap, ignoreC
   return { changes: changedKeys.length > 0, changedKeys, detailedDiff };
 }
 
-/** The changed keys that point the provider at another cell or route, for a warning. */
+/** Returns the changed keys that point the provider at another cell or another route to it. */
 export function changedAddressKeys(diff: ConfigDiff): string[] {
   return diff.changedKeys.filter((key) => ADDRESS_KEYS.includes(key));
 }

@@ -1,8 +1,8 @@
 /**
  * gRPC errors as the Pulumi engine reads them. A partial failure travels as
- * a google.rpc.Status in the "grpc-status-details-bin" trailer, carrying a
- * pulumirpc.ErrorResourceInitFailed; the engine then records the resource
- * with the id and outputs it contains instead of forgetting it.
+ * a google.rpc.Status in the "grpc-status-details-bin" trailer. The Status
+ * carries a pulumirpc.ErrorResourceInitFailed, so the engine records the
+ * resource with its id and outputs instead of forgetting it.
  */
 import * as grpc from "@grpc/grpc-js";
 import { ErrorResourceInitFailed } from "@pulumi/pulumi/proto/provider_pb";

@@ -5,14 +5,10 @@
  */
 import { format } from "node:util";
 
-import type { CellConfig } from "../transport/cell-config";
 import { logLevelFromEnvironment, PluginLogger } from "./log";
 import { registerResource } from "./registry";
-import type { ResourceHandler } from "./resource";
+import { createContainerHandler } from "./resources/container/handler";
 import { ProviderServer } from "./server";
-
-/** Resolved from this file's compiled location, dist/provider/src/plugin/. */
-const CONTAINER_HANDLER_MODULE = "./resources/container/handler";
 
 /** How long a fatal error waits for its log message to reach the engine before the process exits. */
 const FATAL_EXIT_DELAY_MS = 200;
@@ -46,50 +42,29 @@ function redirectConsole(logger: PluginLogger): void {
   console.error = (...args: unknown[]) => logger.error(format(...args));
 }
 
-function isMissingModule(error: unknown, specifier: string): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === "MODULE_NOT_FOUND" && error instanceof Error && error.message.includes(`'${specifier}'`);
-}
-
-/**
- * Registers the Container handler when it has been built. Its absence is
- * logged, not fatal, so the plugin can still answer schema and
- * configuration calls; any other load error is fatal.
- */
-function registerContainerHandler(server: ProviderServer): void {
-  let module: { createContainerHandler?: (getConfig: () => CellConfig | undefined) => ResourceHandler };
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    module = require(CONTAINER_HANDLER_MODULE);
-  } catch (error) {
-    if (!isMissingModule(error, CONTAINER_HANDLER_MODULE)) throw error;
-    server.logger.warn(`${CONTAINER_HANDLER_MODULE}.js is not built, so no resource types are served`);
-    return;
-  }
-  if (typeof module.createContainerHandler !== "function") {
-    throw new Error(`${CONTAINER_HANDLER_MODULE} does not export createContainerHandler(getConfig)`);
-  }
-  registerResource(module.createContainerHandler(server.getConfig));
+/** Returns the stack of an error, or its text when it has none. */
+function errorText(error: unknown): string {
+  return error instanceof Error ? (error.stack ?? error.message) : String(error);
 }
 
 async function main(argv: readonly string[]): Promise<void> {
   const logger = new PluginLogger({ stderrLevel: logLevelFromEnvironment(process.env.CELLFLEET_LOG_LEVEL) });
   redirectConsole(logger);
 
-  const fatal = (what: string, error: unknown) => {
-    logger.error(`${what}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  const fatal = (event: string, error: unknown) => {
+    logger.error(`${event}: ${errorText(error)}`);
     process.exitCode = 1;
     setTimeout(() => process.exit(1), FATAL_EXIT_DELAY_MS);
   };
   process.on("uncaughtException", (error) => fatal("uncaught exception", error));
   // A stray rejection is logged but does not stop operations that are still running on cells.
-  process.on("unhandledRejection", (reason) => logger.error(`unhandled promise rejection: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`));
+  process.on("unhandledRejection", (reason) => logger.error(`unhandled promise rejection: ${errorText(reason)}`));
 
   const { engineAddress } = parsePluginArguments(argv);
   if (engineAddress !== undefined) logger.connectEngine(engineAddress);
 
   const server = new ProviderServer({ logger });
-  registerContainerHandler(server);
+  registerResource(createContainerHandler(server.getConfig));
   const port = await server.listen();
   process.stdout.write(`${port}\n`);
 
@@ -107,7 +82,7 @@ async function main(argv: readonly string[]): Promise<void> {
 
 if (require.main === module) {
   main(process.argv.slice(2)).catch((error: unknown) => {
-    process.stderr.write(`cellfleet error: plugin failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.stderr.write(`cellfleet error: plugin failed to start: ${errorText(error)}\n`);
     process.exit(1);
   });
 }

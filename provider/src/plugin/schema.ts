@@ -1,7 +1,7 @@
 /**
  * The Pulumi package schema for cellfleet, returned by GetSchema and read by
  * scripts/gen-sdk.ts. It is a typed constant rather than a JSON file so the
- * plugin never reads files to answer the engine. Unit tests check it against
+ * plugin never reads files to respond to the engine. Unit tests check it against
  * cellConfigSchema, container-spec.ts and provider/package.json.
  */
 
@@ -156,22 +156,38 @@ const CONTAINER_INPUTS: Record<string, PropertySpec> = {
     type: "string",
     description: 'Limit on the disk space the container can write, such as "1GiB", at least 16MiB. Unset means no limit.',
   },
+  privileged: {
+    type: "boolean",
+    default: false,
+    description:
+      "Keep CAP_SYS_ADMIN and allow the system calls denied only to unprivileged containers, such as mount and creating user namespaces. " +
+      "The container keeps its own user namespace. Defaults to false.",
+  },
+  seccompDeny: {
+    type: "array",
+    items: { type: "string" },
+    description: 'Further system calls to deny, by x86_64 name, on top of the built-in seccomp deny list, such as ["ptrace"].',
+  },
 };
 
 const CONTAINER_OUTPUTS: Record<string, PropertySpec> = {
   ...CONTAINER_INPUTS,
+  hostname: { ...CONTAINER_INPUTS.hostname, description: `${CONTAINER_INPUTS.hostname.description} Defaults to the container id.` },
   containerId: { type: "string", description: "Id of the container on the cell; the same value as the resource id." },
   status: { $ref: `#/types/${CONTAINER_STATUS_TOKEN}`, description: "Whether the workload is running, as last observed." },
   reason: {
     type: "string",
-    description: 'Why the container stopped, such as "exited with code 0" or "killed by the memory limit". Unset while it runs.',
+    description: 'Cause of the stop, such as "exited with code 0" or "killed by the memory limit". Unset while the container runs.',
   },
-  pid: { type: "integer", description: "Process id of the workload as the cell sees it; 0 when the container is stopped." },
+  pid: {
+    type: "integer",
+    description: "Process id of the workload on the cell, outside the container's PID namespace; 0 when the container is stopped.",
+  },
   cpuShares: {
     type: "integer",
     description: "cpu.shares of the container: proportional to memory, 1024 at 8 GiB and above, at least 10.",
   },
-  startedAt: { type: "string", description: "When the workload started, as reported by the cell agent." },
+  startedAt: { type: "string", description: "When the container was started, as an ISO 8601 timestamp in UTC." },
   imageDigest: { type: "string", description: "Content digest of the image on the cell, which names the imported image there." },
   memoryBytes: { type: "integer", description: "Memory limit in bytes, as written to the container's cgroup." },
 };
@@ -204,7 +220,7 @@ export const PACKAGE_SCHEMA: PackageSchema = {
       description: "Observed state of a container's workload.",
       enum: [
         { value: "running", description: "The workload process is alive." },
-        { value: "stopped", description: "The workload has exited or was killed; reason says why." },
+        { value: "stopped", description: "The workload has exited or was killed; reason gives the cause." },
       ],
     },
   },
@@ -217,9 +233,7 @@ export const PACKAGE_SCHEMA: PackageSchema = {
         "image",
         "command",
         "env",
-        "workingDir",
-        "user",
-        "memory",
+        "hostname",
         "containerId",
         "status",
         "pid",

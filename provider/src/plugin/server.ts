@@ -1,7 +1,7 @@
 /**
  * The pulumirpc.ResourceProvider gRPC service. It decodes requests into
  * PropertyMaps, calls the ResourceHandler registered for the resource type
- * and encodes the answer, adding what every handler needs: the provider
+ * and encodes the response, adding what every handler needs: the provider
  * configuration, cancellation, secret handling and error translation.
  */
 import * as grpc from "@grpc/grpc-js";
@@ -46,7 +46,7 @@ export interface ProviderServerOptions {
   version?: string;
 }
 
-/** The type token of a URN such as "urn:pulumi:dev::proj::parent$cellfleet:index:Container::web". */
+/** Returns the type token of a URN: "cellfleet:index:Container" for "urn:pulumi:dev::proj::parent$cellfleet:index:Container::web". */
 export function typeFromUrn(urn: string): string {
   const qualifiedType = urn.split("::")[2] ?? "";
   return qualifiedType.split("$").pop() ?? "";
@@ -109,7 +109,11 @@ export class ProviderServer {
   /** Aborts in-flight operations. */
   cancel(): void {
     if (!this.cancellation.signal.aborted) {
-      this.logger.info(`cancellation requested; ${this.inFlight} operation(s) in flight`);
+      // The engine also sends Cancel when it shuts a plugin down after a normal run (seen with Pulumi 3.276.0), so an
+      // idle cancel is only debug.
+      const message = `cancellation requested; ${this.inFlight} operation(s) in flight`;
+      if (this.inFlight > 0) this.logger.warn(message);
+      else this.logger.debug(message);
       this.cancellation.abort(new Error("the Pulumi engine cancelled the operation"));
     }
   }
@@ -182,7 +186,7 @@ export class ProviderServer {
             callback(error.toStatus());
             return;
           }
-          // Only a bug in this file gets here, and the message may hold anything, so it is scrubbed.
+          // Only a bug in the plugin gets here, and its message may contain anything, so it is redacted.
           const message = this.logger.baseRedactor.redact(`${name} failed: ${describeError(error)}`);
           this.logger.error(message);
           callback(new RpcError(grpc.status.INTERNAL, message).toStatus());
@@ -296,7 +300,7 @@ export class ProviderServer {
       const { id, outputs } = await handler.create(inputs, preview, context);
       const encoded = encodeResult("create", urn, preview, id, annotateSecrets(outputs, inputs), inputs);
       return new rpc.CreateResponse().setId(id).setProperties(encoded);
-    });
+    }, { id: "", inputs });
   }
 
   private async read(request: rpc.ReadRequest): Promise<rpc.ReadResponse> {
@@ -311,7 +315,7 @@ export class ProviderServer {
       const outputs = annotateSecrets(annotateSecrets(result.outputs, state), inputs);
       const response = new rpc.ReadResponse().setId(result.id).setProperties(encodeResult("read", urn, false, result.id, outputs));
       return response.setInputs(encodeStruct(annotateSecrets(result.inputs, inputs)));
-    });
+    }, { id, inputs });
   }
 
   private async update(request: rpc.UpdateRequest): Promise<rpc.UpdateResponse> {
@@ -342,17 +346,17 @@ export class ProviderServer {
 
   private requireKnownConfig(operation: Operation, urn: string): void {
     if (this.configState === "known") return;
-    const why = this.configState === "unknown" ? "has values that are not known yet" : "has not been sent by the engine (no Configure call)";
-    throw new RpcError(grpc.status.FAILED_PRECONDITION, `cannot ${operation} ${urn}: the provider configuration ${why}`);
+    const reason = this.configState === "unknown" ? "has values that are not known yet" : "has not been sent by the engine (no Configure call)";
+    throw new RpcError(grpc.status.FAILED_PRECONDITION, `cannot ${operation} ${urn}: the provider configuration ${reason}`);
   }
 
   /**
    * Runs one handler method with an operation context, and translates what
    * it throws. A PartialFailure becomes ErrorResourceInitFailed. Any other
    * error from create or delete is sent as ABORTED, because create is all or
-   * nothing and a failed delete leaves the resource in place, so the engine
-   * can treat the resource's state as known; from update and read it is sent
-   * as UNKNOWN, which makes the engine treat the state as uncertain.
+   * nothing and a failed delete leaves the resource in place. The engine
+   * then treats the resource's state as known. An error from update or read
+   * is sent as UNKNOWN, which makes the engine treat the state as uncertain.
    */
   private async run<T>(
     operation: Operation,
@@ -433,10 +437,10 @@ function encodeOrEmpty(map: PropertyMap, onError: (problem: string) => void): St
 
 /**
  * Encodes the outputs of create, update or read. Outside a preview the
- * resource exists on the cell once the handler returns, so outputs that
- * cannot be stored (unknown or not encodable values, a missing id) turn into
- * a partial failure carrying the id: the engine then keeps the resource in
- * its state and a refresh can repair the outputs.
+ * resource exists on the cell once the handler returns. So outputs that
+ * cannot be stored, because they are unknown or not encodable, become a
+ * partial failure that carries the id. The engine then keeps the resource
+ * in its state, and a refresh can repair the outputs.
  */
 function encodeResult(operation: Operation, urn: string, preview: boolean, id: string, outputs: PropertyMap, inputs?: PropertyMap): Struct {
   if (preview) return encodeStruct(outputs);
@@ -479,8 +483,8 @@ export function diffResponse(result: DiffResult, ignoreChanges: readonly string[
   const changedKeys = new Set<string>(replaces);
   for (const [path] of detailed) changedKeys.add(path.split(/[.[]/)[0]);
 
-  // The listed paths decide when there are any, even against the changes flag, because hiding a change is the worse
-  // error. A handler that lists nothing is taken at its flag.
+  // When the handler lists changed paths, the list decides, even against the changes flag, because hiding a change
+  // is the worse error. Without a list, the flag decides.
   const listed = Object.keys(result.detailedDiff).length > 0 || result.replaces.length > 0;
   const changed = changedKeys.size > 0 || (result.changes && !listed);
   const response = new rpc.DiffResponse()

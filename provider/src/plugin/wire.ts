@@ -224,7 +224,10 @@ export function unwrapSecrets(map: PropertyMap): { values: PlainMap; secretPaths
   return { values, secretPaths };
 }
 
-/** Returns the value without Secret markers; secretness is dropped, so use it only where it cannot leak. */
+/**
+ * Returns the value without Secret markers. The result has lost its
+ * secretness, so it must not reach the engine, a log or an error message.
+ */
 export function unwrapValue(
   value: PropertyValue,
   path: readonly PathSegment[] = [],

@@ -11,7 +11,7 @@ import { dirname, join } from "node:path";
 import { z } from "zod";
 
 export interface AgentBundleFile {
-  /** A plain file name, such as "agent.js"; the file keeps it on the cell. */
+  /** A plain file name, such as "agent.js", which the file keeps on the cell. */
   name: string;
   localPath: string;
   /** Lowercase hex SHA-256 of the file, from the manifest. */
@@ -50,7 +50,7 @@ const manifestSchema = z.object({
     .min(1, "the manifest lists no files"),
 });
 
-/** Computes the bundle digest from the manifest's names and hashes; the order of the entries does not matter. */
+/** Computes the bundle digest from the manifest's names and hashes, in any order of the entries. */
 export function bundleDigest(files: { name: string; sha256: string }[]): string {
   const lines = files
     .map((file) => `${file.name} ${file.sha256}\n`)

@@ -16,16 +16,16 @@ import type { CellConnection } from "./ssh";
 
 export { loadAgentBundle, defaultAgentBundleDir, type AgentBundle, type AgentBundleFile } from "./agent-bundle";
 
-/** The longest stdout line accepted from the agent; a longer one means a broken agent, not a large result. */
-const MAX_RESPONSE_LINE_BYTES = 64 * 1024 * 1024;
-/** The longest stderr line forwarded to the log; the rest is cut. */
+/** Maximum length of a stdout line from the agent, in characters. A longer line means a broken agent, not a large result. */
+const MAX_RESPONSE_LINE_CHARS = 64 * 1024 * 1024;
+/** Maximum length of a stderr line in the log, in characters. The rest of the line is cut. */
 const MAX_LOG_LINE_CHARS = 4096;
 /** Stderr lines kept to explain an unexpected exit. */
 const STDERR_TAIL_LINES = 20;
 /** How long close() waits for the agent to exit after stdin ends before it closes the channel. */
 const CLOSE_TIMEOUT_MS = 5_000;
 
-/** A call that the agent answered with an error. */
+/** An error response from the agent to one call. */
 export class AgentError extends CellTransportError {
   readonly code: AgentErrorCode;
   readonly method: AgentMethod;
@@ -44,7 +44,7 @@ export class AgentError extends CellTransportError {
   }
 }
 
-/** The agent's channel closed, so pending and later calls cannot be answered. */
+/** The agent's channel closed, so pending and later calls get no response. */
 export class AgentUnavailableError extends CellTransportError {
   constructor(label: string, step: string, message: string, options?: { cause?: unknown }) {
     super(label, step, message, options);
@@ -55,12 +55,12 @@ export class AgentUnavailableError extends CellTransportError {
 export interface AgentClientOptions {
   /** Receives install progress, the agent's stderr lines and protocol problems. */
   log?: (message: string) => void;
-  /** Parent of the version directories; CELL_PATHS.agents unless a test puts it elsewhere. */
+  /** Parent of the version directories. CELL_PATHS.agents unless a test puts it elsewhere. */
   agentRoot?: string;
 }
 
 export interface CallOptions {
-  /** Rejects the call at once; the agent still finishes the request, and its response is dropped. */
+  /** Rejects the call at once. The agent still finishes the request, and its response is dropped. */
   signal?: AbortSignal;
 }
 
@@ -154,9 +154,9 @@ export class AgentClient {
 
     const stdout = lineSplitter(
       (line) => this.handleResponseLine(line),
-      MAX_RESPONSE_LINE_BYTES,
+      MAX_RESPONSE_LINE_CHARS,
       () => {
-        this.log(`agent on ${this.label} wrote a stdout line longer than ${MAX_RESPONSE_LINE_BYTES} bytes, so the client closes it`);
+        this.log(`agent on ${this.label} wrote a stdout line longer than ${MAX_RESPONSE_LINE_CHARS} characters, so the client closes it`);
         this.channel.close();
       },
     );
@@ -196,7 +196,7 @@ export class AgentClient {
     return new AgentClient(connection, channel, installDir, nodeVersion, log);
   }
 
-  /** True once the agent's channel has closed; a closed client never reopens. */
+  /** True once the agent's channel has closed. A closed client never reopens. */
   get isClosed(): boolean {
     return this.closedError !== undefined;
   }
@@ -335,13 +335,21 @@ export class AgentClient {
     this.closeListeners.clear();
   }
 
-  /** Ends the agent's stdin so that it exits, and waits for its channel to close. */
+  /**
+   * Ends the agent's stdin so that it exits, and waits for its channel to
+   * close. After CLOSE_TIMEOUT_MS it closes the channel and resolves without
+   * waiting further, because sshd keeps the channel until the process exits.
+   */
   close(): Promise<void> {
     if (this.closedError !== undefined) {
       return Promise.resolve();
     }
     return new Promise((resolve) => {
-      const timer = setTimeout(() => this.channel.close(), CLOSE_TIMEOUT_MS);
+      const timer = setTimeout(() => {
+        this.log(`agent on ${this.label} did not exit within ${CLOSE_TIMEOUT_MS / 1000} s after its stdin closed, so the client closes its channel`);
+        this.channel.close();
+        resolve();
+      }, CLOSE_TIMEOUT_MS);
       timer.unref();
       this.onClose(() => {
         clearTimeout(timer);

@@ -2,7 +2,7 @@
  * Installs the agent bundle on a cell under <agentRoot>/<digest>/. The
  * directory appears only through an atomic rename after every file has been
  * verified with sha256sum on the cell, so a directory with that name always
- * holds exactly the bundle that the digest names.
+ * contains exactly the bundle that the digest names.
  */
 import { randomBytes } from "node:crypto";
 
@@ -41,31 +41,34 @@ function nodeMissingError(label: string, found: string, cause?: unknown): CellTr
  */
 export async function checkNode(connection: CellConnection): Promise<string> {
   const label = connection.label;
-  const located = await connection.exec("command -v node");
-  if (located.code !== 0) {
-    throw nodeMissingError(label, "no node on PATH");
-  }
-
-  const command = `${connection.sudoPrefix}node --version`;
+  // One round trip covers both checks. Exit status 127 is the shell's own
+  // code for a command that was not found.
+  const command = `command -v node >/dev/null 2>&1 || exit 127; ${connection.sudoPrefix}node --version`;
   const result = await connection.exec(command);
   const stdout = result.stdout.toString("utf8").trim();
   const stderr = result.stderr.toString("utf8").trim();
+  if (result.code === 127) {
+    throw nodeMissingError(label, "no node on PATH");
+  }
   if (result.code !== 0) {
     if (connection.sudoPrefix !== "" && /password|sudoers|not allowed/i.test(stderr)) {
       throw new CellTransportError(
         label,
         "check Node.js",
-        `cell ${label}: \`${command}\` failed because sudo needs a password or does not allow it (${stderr}): allow user ${connection.config.user} to run node through sudo without a password, or connect as root`,
+        `cell ${label}: \`${connection.sudoPrefix}node --version\` failed because sudo needs a password or does not allow it (${stderr}): allow user ${connection.config.user} to run node through sudo without a password, or connect as root`,
       );
     }
-    throw nodeMissingError(label, `\`${command}\` exited with code ${result.code}: ${stderr || stdout}`);
+    throw nodeMissingError(label, `\`node --version\` exited with code ${result.code}: ${stderr || stdout}`);
   }
 
-  const major = parseNodeMajor(stdout);
+  // Only the last line counts, because a login script on the cell may print
+  // text before the command runs.
+  const version = stdout.split("\n").at(-1)?.trim() ?? "";
+  const major = parseNodeMajor(version);
   if (major === undefined || major < MIN_NODE_MAJOR) {
-    throw nodeMissingError(label, stdout || "no version output");
+    throw nodeMissingError(label, version || "no version output");
   }
-  return stdout;
+  return version;
 }
 
 export interface HashMismatch {
@@ -116,7 +119,7 @@ function describeMismatches(mismatches: HashMismatch[]): string {
 }
 
 export interface InstallOptions {
-  /** Parent of the version directories; CELL_PATHS.agents unless a test puts it elsewhere. */
+  /** Parent of the version directories. CELL_PATHS.agents unless a test puts it elsewhere. */
   agentRoot?: string;
   log?: (message: string) => void;
 }
@@ -147,7 +150,7 @@ export async function installAgentBundle(
   return target;
 }
 
-/** Fails when an installed version differs from its manifest: it was changed on the cell, which must not be hidden. */
+/** Rejects when an installed version differs from its manifest, because a change on the cell must not go unnoticed. */
 async function verifyInstalled(connection: CellConnection, bundle: AgentBundle, target: string): Promise<void> {
   const mismatches = await findHashMismatches(connection, bundle, target);
   if (mismatches.length > 0) {
@@ -175,6 +178,8 @@ async function stageAndMove(
   // With sudo, the staging directory belongs to the SSH user while SFTP,
   // which runs as that user, writes into it. `$(id -u)` expands in the
   // user's shell before sudo runs.
+  // NOTE: the integration tests log in as root, so this sudo branch has
+  // not run against a real sshd.
   const createCommands = [
     `${sudo}mkdir -p -- ${quotedRoot}`,
     `${sudo}chmod 0755 -- ${quotedRoot}`,
@@ -220,7 +225,7 @@ async function stageAndMove(
         throw new CellTransportError(
           label,
           "move the agent into place",
-          `cell ${label}: moving ${staging} to ${target} failed: ${move.stderr.toString("utf8").trim()}`,
+          `cell ${label}: moving ${staging} to ${target} failed: ${move.stderr.toString("utf8").trim()}; check that ${agentRoot} is writable`,
         );
       }
       log(`cell ${label}: another run installed agent ${bundle.digest} first, so this run uses that copy`);

@@ -40,7 +40,7 @@ const RETRYABLE_CODES = new Set([
   "ENETUNREACH",
   "ECONNRESET",
   "EPIPE",
-  // A temporary DNS failure; ENOTFOUND, a name that does not exist, is not retried.
+  // A temporary DNS failure. ENOTFOUND, for a name that does not exist, is not retried.
   "EAI_AGAIN",
 ]);
 
@@ -53,7 +53,7 @@ export interface DialFailure {
   reason: string;
 }
 
-/** An error from one attempt that happened on the bastion hop; the reason names the bastion. */
+/** An error from the bastion hop of one attempt. Its message names the bastion. */
 export class BastionHopError extends Error {
   readonly bastion: string;
 
@@ -100,7 +100,7 @@ export function classifyDialError(error: unknown): DialFailure {
   return { retryable: false, reason: code !== undefined ? `${code} (${message})` : message };
 }
 
-/** Waits `ms` milliseconds; rejects early when `signal` aborts. Uses setTimeout so fake timers control it. */
+/** Waits `ms` milliseconds and rejects early when `signal` aborts. It uses setTimeout, so fake timers control it. */
 function sleep(ms: number, signal: AbortSignal | undefined, onAbort: () => Error): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) {
@@ -122,7 +122,7 @@ function sleep(ms: number, signal: AbortSignal | undefined, onAbort: () => Error
 export interface DialRetryOptions {
   /** The cell as "user@host:port", for messages. */
   label: string;
-  /** Further attempts after the first; `dialRetries` of the configuration. */
+  /** Further attempts after the first, from `dialRetries` in the configuration. */
   retries: number;
   log?: (message: string) => void;
   signal?: AbortSignal;
@@ -179,7 +179,7 @@ export async function dialWithRetry<T>(
         throw new CellDialError(
           options.label,
           attemptNumber,
-          `dial ${options.label} failed after ${attemptNumber} attempt${attemptNumber === 1 ? "" : "s"}: ${failure.reason}; check that the cell is up and that host and port are right`,
+          `dial ${options.label} failed after ${attemptNumber} attempt${attemptNumber === 1 ? "" : "s"}: ${failure.reason}. Check that the cell is up and that host and port are right`,
           { cause: error },
         );
       }

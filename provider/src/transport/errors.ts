@@ -1,7 +1,7 @@
 /**
  * Errors raised by the SSH transport and the agent client. Each names the
  * cell as "user@host:port" and the step that failed, and keeps the original
- * error as `cause`, so a message in `pulumi up` output is enough to act on.
+ * error, if any, as `cause`, so a message in `pulumi up` output is enough to act on.
  */
 
 /** A failure on one cell at one step, such as "dial" or "upload agent.js". */
@@ -67,7 +67,7 @@ export class CellCommandError extends CellTransportError {
   }
 }
 
-/** Creates the error that an aborted operation rejects with; its name is "AbortError" as in Node's own APIs. */
+/** Creates the error that an aborted operation rejects with, named "AbortError" as in Node's own APIs. */
 export function abortError(message: string, signal: AbortSignal): Error {
   const error = new Error(message, { cause: signal.reason });
   error.name = "AbortError";

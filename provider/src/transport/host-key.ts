@@ -1,8 +1,8 @@
 /**
  * Host key verification for the cell and the bastion. A key is accepted only
  * when it matches the configured pin (a public key or a SHA256 fingerprint)
- * or a known_hosts entry for the host, because trusting an unknown key would
- * hand root on the cell to whoever answers on its address.
+ * or a known_hosts entry for the host. Trusting an unknown key would hand
+ * root on the cell to any server that takes over its address.
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -62,7 +62,7 @@ export function parseHostKeyPin(pin: string): HostKeyPin {
   const blobType = keyTypeOfBlob(blob);
   if (blobType !== type) {
     throw new Error(
-      `hostKey "${type} ${(base64 ?? "").slice(0, 16)}..." is invalid: the key data contains type ${blobType ?? "none"}, not ${type}; copy the whole line from /etc/ssh/ssh_host_*_key.pub on the cell`,
+      `hostKey "${type} ${(base64 ?? "").slice(0, 16)}..." is invalid: the key data contains type ${blobType ?? "none"}, not ${type}. Copy the whole line from /etc/ssh/ssh_host_*_key.pub on the cell`,
     );
   }
   return { kind: "public-key", type, blob };
@@ -92,7 +92,7 @@ export interface ParsedKnownHosts {
   notes: string[];
 }
 
-/** Parses the text of a known_hosts file; `source` names it in notes. */
+/** Parses the text of a known_hosts file. `source` names the file in notes. */
 export function parseKnownHosts(text: string, source: string): ParsedKnownHosts {
   const entries: KnownHostsEntry[] = [];
   const notes: string[] = [];
@@ -167,7 +167,7 @@ function hashedEntryMatches(field: string, name: string): boolean {
 }
 
 /**
- * Tells whether a host field of a known_hosts line covers `name`, the value
+ * Returns whether a host field of a known_hosts line covers `name`, the value
  * of knownHostsName(). A negated pattern ("!pattern") that matches excludes
  * the line even when another pattern matches, as in OpenSSH.
  */
@@ -274,7 +274,7 @@ export function preferredHostKeyAlgorithms(trustedTypes: string[]): string[] | u
   return [...preferred, ...DEFAULT_HOST_KEY_ALGORITHMS.filter((algorithm) => !preferred.includes(algorithm))];
 }
 
-/** What one hop needs for verification: the fields of CellConfig or of its bastion. */
+/** The fields of CellConfig, or of its bastion, that host key verification reads. */
 export interface HostKeySettings {
   host: string;
   port: number;
@@ -304,8 +304,8 @@ function certAuthorityNote(certAuthorities: KnownHostsEntry[]): string {
 
 /**
  * Builds the host key check for one hop. `label` is the hop as
- * "user@host:port" and `role` says whether it is the cell or the bastion,
- * which the messages need to name the setting to change. A configured
+ * "user@host:port". `role` is "cell" or "bastion", which the messages need
+ * to name the setting to change. A configured
  * `hostKey` takes precedence over `knownHostsFile`, so that a user who
  * follows the mismatch message and pins the new key is not blocked by the
  * stale file. Throws CellDialError when the known_hosts file cannot be read.

@@ -21,11 +21,11 @@ export interface CellSessionOptions {
    * session's life, because later callers share that session.
    */
   log?: (message: string) => void;
-  /** Stops this caller's wait; the shared dial goes on for the other callers. */
+  /** Stops this caller's wait. The shared dial goes on for the other callers. */
   signal?: AbortSignal;
-  /** The agent bundle; loadAgentBundle() from the default directory when not given. */
+  /** The agent bundle. loadAgentBundle() reads the default directory when not given. */
   bundle?: AgentBundle;
-  /** Parent of the agent version directories on the cell; CELL_PATHS.agents when not given. */
+  /** Parent of the agent version directories on the cell. CELL_PATHS.agents when not given. */
   agentRoot?: string;
 }
 
@@ -38,7 +38,7 @@ export function cellSessionKey(config: CellConfig): string {
   return config.bastion !== undefined ? `${cell} via ${cellLabel(config.bastion)}` : cell;
 }
 
-/** Creates a session; `drop` removes it from the pool when its connection or agent closes. */
+/** Creates a session. `drop` removes it from the pool when its connection or agent closes. */
 async function createSession(config: CellConfig, options: CellSessionOptions, drop: () => void): Promise<CellSession> {
   const log = options.log ?? (() => {});
   if (options.bundle === undefined && defaultBundle === undefined) {
@@ -104,8 +104,8 @@ export function getCellSession(config: CellConfig, options: CellSessionOptions =
   const key = cellSessionKey(config);
   let session = sessions.get(key);
   if (session === undefined) {
-    // Removes only this session: a later one for the same key may already
-    // have replaced it.
+    // Removes only this session, because a later one for the same key may
+    // already have replaced it.
     const drop = (): void => {
       if (sessions.get(key) === created) {
         sessions.delete(key);

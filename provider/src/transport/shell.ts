@@ -1,8 +1,8 @@
 /**
  * Quotes one argument for the POSIX shell that sshd runs each command in.
- * Every value that reaches a remote command line goes through this, because
- * paths and names come from configuration and must never be parsed as shell
- * syntax.
+ * The transport quotes every path and name with this before it reaches a
+ * remote command line, because they come from configuration and must never
+ * be parsed as shell syntax.
  */
 export function shellQuote(value: string): string {
   if (/^[A-Za-z0-9_./:=@%+-]+$/.test(value)) {

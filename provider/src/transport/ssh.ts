@@ -13,7 +13,7 @@ import { BastionHopError, dialWithRetry } from "./dial-retry";
 import { abortError, CellCommandError, CellDialError, CellTransportError, HostKeyMismatchError } from "./errors";
 import { createHostKeyCheck, type HostKeyCheck } from "./host-key";
 
-/** Seconds between keepalive requests; with KEEPALIVE_COUNT_MAX, a dead peer is noticed within about a minute. */
+/** Interval between keepalive requests in milliseconds. With KEEPALIVE_COUNT_MAX, a dead peer is noticed within about 75 s. */
 const KEEPALIVE_INTERVAL_MS = 15_000;
 const KEEPALIVE_COUNT_MAX = 4;
 /** How long close() waits for the server to confirm the disconnect before it destroys the socket. */
@@ -31,9 +31,12 @@ export interface CellConnectionOptions {
 }
 
 export interface ExecOptions {
-  /** Written to the command's stdin, which is then closed; without it stdin is closed at once. */
+  /** Written to the command's stdin, which is then closed. Without it, stdin is closed at once. */
   stdin?: string | Buffer;
-  /** Sends SIGTERM to the command and closes the channel. */
+  /**
+   * On abort, exec() rejects with an AbortError at once, closes the channel
+   * and sends SIGTERM to the command's process group with a second command.
+   */
   signal?: AbortSignal;
 }
 
@@ -137,7 +140,7 @@ function handshake(
 
     client.once("ready", () => finish());
     // This listener stays for the client's life, so a late error never
-    // becomes an unhandled 'error' event; the connection adds its own.
+    // becomes an unhandled 'error' event. The connection adds its own.
     client.on("error", (error: Error & { level?: string }) => {
       if (hostKeyError !== undefined) {
         finish(hostKeyError);
@@ -211,8 +214,8 @@ function forwardThroughBastion(
     }, timeoutMs);
 
     try {
-      // The originator address is informational for sshd; 127.0.0.1:0 says
-      // that the forward comes from this process, not from a listening port.
+      // sshd only logs the originator address. 127.0.0.1:0 marks the forward
+      // as coming from this process, not from a listening port.
       bastion.forwardOut("127.0.0.1", 0, host, port, (error, stream) => {
         if (settled) {
           stream?.close();
@@ -234,6 +237,27 @@ function forwardThroughBastion(
   });
 }
 
+/** Starts the stderr line in which an abortable command reports its process group. */
+const PROCESS_GROUP_MARKER = "cellfleet-exec-process-group";
+const MARKER_LINE = new RegExp(`(^|\\n)${PROCESS_GROUP_MARKER} (\\d+)\\n`);
+
+/** Returns the process group id from the marker line, once stderr contains it. */
+function findProcessGroup(stderr: Buffer): string | undefined {
+  return MARKER_LINE.exec(stderr.toString("latin1"))?.[2];
+}
+
+/** Removes the marker line from the command's stderr, so that callers see only the command's own output. */
+function removeMarkerLine(stderr: Buffer): Buffer {
+  const match = MARKER_LINE.exec(stderr.toString("latin1"));
+  if (match === null) {
+    return stderr;
+  }
+  // latin1 maps each byte to one character, so string offsets are byte offsets.
+  const start = match.index + match[1].length;
+  const end = match.index + match[0].length;
+  return Buffer.concat([stderr.subarray(0, start), stderr.subarray(end)]);
+}
+
 function describeForwardError(error: unknown, bastionLabel: string, host: string, port: number): unknown {
   const reason = (error as { reason?: unknown })?.reason;
   if (reason !== OPEN_ADMINISTRATIVELY_PROHIBITED) {
@@ -247,13 +271,22 @@ function describeForwardError(error: unknown, bastionLabel: string, host: string
   );
 }
 
+/**
+ * Returns the prefix for commands that need root: "" for root or when
+ * `sudo` is false, else "sudo -n ". `sudo` defaults to true for other users.
+ */
+export function sudoPrefixFor(config: Pick<CellConfig, "user" | "sudo">): string {
+  const useSudo = config.user !== "root" && (config.sudo ?? true);
+  return useSudo ? "sudo -n " : "";
+}
+
 export class CellConnection {
   /** The cell as "user@host:port". */
   readonly label: string;
   /**
    * "sudo -n " when commands that need root must go through sudo, else "".
-   * `-n` makes sudo fail at once instead of waiting for a password that
-   * nobody can type.
+   * `-n` makes sudo fail at once instead of waiting at a password prompt
+   * in a session without a terminal.
    */
   readonly sudoPrefix: string;
   readonly config: CellConfig;
@@ -277,8 +310,7 @@ export class CellConnection {
     this.config = config;
     this.log = log;
     this.label = cellLabel(config);
-    const useSudo = config.user !== "root" && (config.sudo ?? true);
-    this.sudoPrefix = useSudo ? "sudo -n " : "";
+    this.sudoPrefix = sudoPrefixFor(config);
 
     client.on("error", (error: Error) => {
       this.lastError = error;
@@ -298,10 +330,11 @@ export class CellConnection {
   }
 
   /**
-   * Dials the cell as described in the file header. Retries refused,
-   * unreachable, reset and timed-out dials up to `config.dialRetries` more
-   * times with exponential backoff; fails at once on authentication and host
-   * key failures.
+   * Dials the cell, through the bastion when one is configured, verifies
+   * both host keys and authenticates. Retries refused, unreachable, reset and
+   * timed-out dials up to `config.dialRetries` more times with exponential
+   * backoff. Fails at once with HostKeyMismatchError on a host key failure
+   * and with CellDialError on an authentication failure.
    */
   static async open(config: CellConfig, options: CellConnectionOptions = {}): Promise<CellConnection> {
     const log = options.log ?? (() => {});
@@ -348,7 +381,7 @@ export class CellConnection {
     }
   }
 
-  /** True once the connection has closed for any reason; a closed connection never reopens. */
+  /** True once the connection has closed for any reason. A closed connection never reopens. */
   get isClosed(): boolean {
     return this.closed;
   }
@@ -414,41 +447,72 @@ export class CellConnection {
 
   /**
    * Runs `command` through the login shell of the user and collects its
-   * output. Resolves with any exit status; execChecked() rejects on nonzero.
+   * output. Resolves with any exit status. Use execChecked() to reject on a
+   * nonzero status.
    */
   async exec(command: string, options: ExecOptions = {}): Promise<ExecResult> {
     const step = `run \`${command}\``;
-    if (options.signal?.aborted) {
-      throw abortError(`cell ${this.label}: ${step} was cancelled`, options.signal);
+    const signal = options.signal;
+    if (signal?.aborted) {
+      throw abortError(`cell ${this.label}: ${step} was cancelled`, signal);
     }
-    const channel = await this.openExecChannel(command, step);
+    // An abortable command first reports the pid of its shell, which sshd
+    // made a session and process group leader, so that an abort can kill the
+    // whole group. SSH signal requests cannot do this, because OpenSSH
+    // refuses them in sessions of root.
+    const remoteCommand = signal !== undefined ? `echo ${PROCESS_GROUP_MARKER} $$ >&2; ${command}` : command;
+    const channel = await this.openExecChannel(remoteCommand, step);
 
     return new Promise((resolve, reject) => {
       const stdout: Buffer[] = [];
       const stderr: Buffer[] = [];
       let exit: { code: number | null; signal?: string } | undefined;
       let aborted = false;
+      let processGroup: string | undefined;
+      let killed = false;
+
+      const killProcessGroup = (): void => {
+        if (killed || processGroup === undefined) {
+          return;
+        }
+        killed = true;
+        this.exec(`${this.sudoPrefix}kill -TERM -- -${processGroup}`).then(
+          (result) => {
+            if (result.code !== 0) {
+              this.log(`cell ${this.label}: stopping cancelled \`${command}\` failed: ${result.stderr.toString("utf8").trim()}`);
+            }
+          },
+          (error: unknown) => this.log(`cell ${this.label}: stopping cancelled \`${command}\` failed: ${errorMessage(error)}`),
+        );
+      };
 
       const onAbort = (): void => {
         aborted = true;
-        try {
-          channel.signal("TERM");
-        } catch {
-          // The channel may already be closing; close() below ends it anyway.
-        }
+        killProcessGroup();
         channel.close();
+        // sshd closes the channel only after the command exits, so the
+        // caller does not wait for that.
+        reject(abortError(`cell ${this.label}: ${step} was cancelled`, signal as AbortSignal));
       };
-      options.signal?.addEventListener("abort", onAbort, { once: true });
+      signal?.addEventListener("abort", onAbort, { once: true });
 
       channel.on("data", (chunk: Buffer) => stdout.push(chunk));
-      channel.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
+      channel.stderr.on("data", (chunk: Buffer) => {
+        stderr.push(chunk);
+        if (signal !== undefined && processGroup === undefined) {
+          processGroup = findProcessGroup(Buffer.concat(stderr));
+          // If the abort came before the pid, the kill happens now.
+          if (aborted) {
+            killProcessGroup();
+          }
+        }
+      });
       channel.on("exit", (code: number | null, signalName?: string) => {
         exit = { code: code ?? null, signal: signalName ?? undefined };
       });
       channel.once("close", () => {
-        options.signal?.removeEventListener("abort", onAbort);
+        signal?.removeEventListener("abort", onAbort);
         if (aborted) {
-          reject(abortError(`cell ${this.label}: ${step} was cancelled`, options.signal as AbortSignal));
           return;
         }
         if (exit === undefined) {
@@ -459,7 +523,12 @@ export class CellConnection {
           );
           return;
         }
-        const result: ExecResult = { stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr), code: exit.code };
+        const allStderr = Buffer.concat(stderr);
+        const result: ExecResult = {
+          stdout: Buffer.concat(stdout),
+          stderr: signal !== undefined ? removeMarkerLine(allStderr) : allStderr,
+          code: exit.code,
+        };
         if (exit.signal !== undefined) {
           result.signal = exit.signal;
         }

@@ -1,6 +1,6 @@
 /**
  * Shared setup for the transport integration tests: cell configurations
- * for a test sshd, and a stand-in agent bundle that answers the RPC
+ * for a test sshd, and a stand-in agent bundle that serves the RPC
  * protocol until the real agent exists.
  */
 import { createHash } from "node:crypto";
@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { cellConfigSchema, type CellConfig, type CellConfigInput } from "../../../provider/src/transport/cell-config";
 import type { KeyPair, SshdServer } from "../../helpers/sshd";
 
-/** Builds a parsed cell configuration for `sshd`, pinned to its first host key unless `overrides` says otherwise. */
+/** Builds a parsed cell configuration for `sshd`, pinned to its first host key unless `overrides` sets another pin. */
 export function cellConfigFor(sshd: SshdServer, client: KeyPair, overrides: Partial<CellConfigInput> = {}): CellConfig {
   return cellConfigSchema.parse({
     host: sshd.host,
@@ -25,8 +25,9 @@ export function cellConfigFor(sshd: SshdServer, client: KeyPair, overrides: Part
 }
 
 /**
- * The stand-in agent. It speaks the agent's JSON-lines protocol with canned
- * answers: "image.has" with digest "sha256:slow" answers after 300 ms,
+ * Source of the stand-in agent. It speaks the agent's JSON-lines protocol
+ * with canned results: "image.has" with digest "sha256:slow" responds after 300 ms,
+ * "container.inspect" returns null,
  * "container.create" always fails with CONTAINER_EXISTS, and
  * "container.delete" with id "exit-now" makes the process exit with code 7.
  */
@@ -53,6 +54,9 @@ lines.on("line", (line) => {
       break;
     case "image.has":
       setTimeout(() => send({ id, result: { present: params.digest === "sha256:present" } }), params.digest === "sha256:slow" ? 300 : 0);
+      break;
+    case "container.inspect":
+      send({ id, result: null });
       break;
     case "container.create":
       fail(id, "CONTAINER_EXISTS", "container " + params.id + " already exists", "create container directory");

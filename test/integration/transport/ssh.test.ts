@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { CellDialError, CellTransportError, HostKeyMismatchError } from "../../../provider/src/transport/errors";
-import { CellConnection, sudoPrefixFor } from "../../../provider/src/transport/ssh";
+import { CellConnection } from "../../../provider/src/transport/ssh";
 import { canRunSshd, freeLoopbackPort, generateKeyPair, startSshd, type KeyPair, type SshdServer } from "../../helpers/sshd";
 
 import { cellConfigFor } from "./fixtures";
@@ -13,18 +13,6 @@ import { cellConfigFor } from "./fixtures";
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
-
-describe("sudoPrefixFor", () => {
-  it("is empty for root", () => {
-    assert.equal(sudoPrefixFor({ user: "root" }), "");
-    assert.equal(sudoPrefixFor({ user: "root", sudo: true }), "");
-  });
-
-  it("uses sudo -n for other users", () => {
-    assert.equal(sudoPrefixFor({ user: "deploy" }), "sudo -n ");
-    assert.equal(sudoPrefixFor({ user: "deploy", sudo: false }), "");
-  });
-});
 
 describe("CellConnection against a real sshd", function () {
   this.timeout(30_000);
@@ -107,6 +95,13 @@ describe("CellConnection against a real sshd", function () {
         }
       }
       assert.equal(alive, false, "SIGTERM must end the remote command");
+    });
+
+    it("abortable exec keeps stderr clean", async () => {
+      const connection = await open();
+      const result = await connection.exec("echo err >&2; echo out", { signal: new AbortController().signal });
+      assert.equal(result.stderr.toString(), "err\n");
+      assert.equal(result.stdout.toString(), "out\n");
     });
 
     it("execChecked names the step on failure", async () => {

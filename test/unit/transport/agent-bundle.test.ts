@@ -5,7 +5,9 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 import { bundleDigest, loadAgentBundle, providerPackageRoot } from "../../../provider/src/transport/agent-bundle";
-import { parseNodeMajor } from "../../../provider/src/transport/agent-install";
+import { checkNode, parseNodeMajor } from "../../../provider/src/transport/agent-install";
+import { CellTransportError } from "../../../provider/src/transport/errors";
+import type { CellConnection } from "../../../provider/src/transport/ssh";
 import { shellQuote } from "../../../provider/src/transport/shell";
 
 function sha256(data: string | Buffer): string {
@@ -128,5 +130,53 @@ describe("shellQuote", () => {
     assert.equal(shellQuote("it's"), `'it'\\''s'`);
     assert.equal(shellQuote("$(id)"), "'$(id)'");
     assert.equal(shellQuote(""), "''");
+  });
+});
+
+describe("checkNode", () => {
+  function fakeConnection(result: { code: number; stdout?: string; stderr?: string }, sudoPrefix = "") {
+    const commands: string[] = [];
+    const connection = {
+      label: "deploy@198.18.0.2:22",
+      sudoPrefix,
+      config: { user: "deploy" },
+      exec: async (command: string) => {
+        commands.push(command);
+        return { code: result.code, stdout: Buffer.from(result.stdout ?? ""), stderr: Buffer.from(result.stderr ?? "") };
+      },
+    };
+    return { connection: connection as unknown as CellConnection, commands };
+  }
+
+  it("returns the version", async () => {
+    const { connection, commands } = fakeConnection({ code: 0, stdout: "welcome to the cell\nv20.11.1\n" }, "sudo -n ");
+    assert.equal(await checkNode(connection), "v20.11.1");
+    assert.deepEqual(commands, ["command -v node >/dev/null 2>&1 || exit 127; sudo -n node --version"]);
+  });
+
+  it("reports a missing node", async () => {
+    const { connection } = fakeConnection({ code: 127 });
+    await assert.rejects(checkNode(connection), {
+      message:
+        "cell deploy@198.18.0.2:22 has no Node.js 18 or newer (found no node on PATH): install the nodejs package on the cell",
+    });
+  });
+
+  it("reports an old node", async () => {
+    const { connection } = fakeConnection({ code: 0, stdout: "v16.20.2\n" });
+    await assert.rejects(checkNode(connection), (error: unknown) => {
+      assert.ok(error instanceof CellTransportError);
+      assert.equal(error.step, "check Node.js");
+      assert.equal(
+        error.message,
+        "cell deploy@198.18.0.2:22 has no Node.js 18 or newer (found v16.20.2): install the nodejs package on the cell",
+      );
+      return true;
+    });
+  });
+
+  it("explains a sudo password prompt", async () => {
+    const { connection } = fakeConnection({ code: 1, stderr: "sudo: a password is required\n" }, "sudo -n ");
+    await assert.rejects(checkNode(connection), /sudo needs a password or does not allow it .* allow user deploy to run node through sudo without a password, or connect as root/);
   });
 });

@@ -6,7 +6,7 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createReadStream, promises as fs } from "node:fs";
+import { constants as fsConstants, createReadStream, promises as fs } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 
@@ -15,6 +15,7 @@ import { MAPPED_ROOT_ID } from "../../common/resources";
 import { AgentFailure } from "../errors";
 import { exists } from "../files";
 import { withLock } from "../lock";
+import { unpackLayer } from "./unpack";
 
 const run = promisify(execFile);
 
@@ -70,7 +71,6 @@ export async function importImage(digest: string): Promise<void> {
     await fs.mkdir(rootfs, { recursive: true, mode: 0o755 });
     try {
       await unpackArchive(archive, rootfs, staging);
-      await shiftOwnership(rootfs, 0, MAPPED_ROOT_ID);
       // Containers run as mapped ids and must be able to reach their lower layer.
       await fs.chmod(staging, 0o755);
       await fs.rename(staging, path.join(CELL_PATHS.images, hex));
@@ -101,71 +101,62 @@ export async function ensurePrivilegedRootfs(digest: string): Promise<string> {
   return target;
 }
 
-async function listEntries(archive: string): Promise<string[]> {
-  const { stdout } = await run("tar", ["-tf", archive], { maxBuffer: 256 * 1024 * 1024 });
-  return stdout.split("\n").filter(Boolean);
-}
-
 /**
- * Unpacks a plain rootfs tarball, or an OCI image layout archive (index.json,
- * blobs/sha256/...) layer by layer. GNU tar runs as root with
- * --numeric-owner so ownership comes from the archive, not the cell's
- * /etc/passwd.
+ * Unpacks a plain rootfs tarball, or an OCI image layout archive (oci-layout,
+ * index.json, blobs/sha256/...) layer by layer. Both go through the
+ * rootfs-confined extractor, which also shifts image root to the mapped id.
  */
 async function unpackArchive(archive: string, rootfs: string, staging: string): Promise<void> {
-  const entries = await listEntries(archive);
-  const normalized = new Set(entries.map((entry) => entry.replace(/^\.\//, "")));
-  if (!normalized.has("oci-layout") || !normalized.has("index.json")) {
-    await extractLayer(archive, rootfs);
+  // Listing only reads the archive, so GNU tar is safe to use here.
+  const { stdout } = await run("tar", ["-tf", archive], { maxBuffer: 256 * 1024 * 1024 });
+  const names = new Set(stdout.split("\n").map((entry) => entry.replace(/^\.\//, "")));
+  if (!names.has("oci-layout") || !names.has("index.json")) {
+    await unpackLayer(archive, rootfs, { shiftRootTo: MAPPED_ROOT_ID, whiteouts: false });
     return;
   }
 
   const layout = path.join(staging, "oci");
-  await fs.mkdir(layout);
-  await run("tar", ["-xf", archive, "-C", layout, "--no-same-owner", "--no-same-permissions"]);
-  const index = JSON.parse(await fs.readFile(path.join(layout, "index.json"), "utf8"));
+  await fs.mkdir(layout, { mode: 0o700 });
+  await unpackLayer(archive, layout, { whiteouts: false });
+
+  const index = JSON.parse(await readRegularFile(layout, "index.json"));
   const manifestDescriptor = index.manifests?.[0];
   if (!manifestDescriptor) throw new Error("index.json lists no manifest");
-  const manifest = JSON.parse(await fs.readFile(blobPath(layout, manifestDescriptor.digest), "utf8"));
+  const manifest = JSON.parse(await readRegularFile(layout, blobName(manifestDescriptor.digest)));
   for (const layer of manifest.layers ?? []) {
-    const blob = blobPath(layout, layer.digest);
-    if ((await sha256File(blob)) !== digestHex(layer.digest)) throw new Error(`layer ${layer.digest} does not match its digest`);
-    await applyWhiteouts(blob, rootfs);
-    await extractLayer(blob, rootfs, ["--exclude=.wh.*", "--exclude=*/.wh.*"]);
+    const blob = blobName(layer.digest);
+    if (!(await regularFile(layout, blob))) throw new Error(`layer ${layer.digest} is missing from the archive or is not a regular file`);
+    if ((await sha256File(path.join(layout, blob))) !== digestHex(layer.digest)) throw new Error(`layer ${layer.digest} does not match its digest`);
+    await unpackLayer(path.join(layout, blob), rootfs, { shiftRootTo: MAPPED_ROOT_ID, whiteouts: true });
   }
   await fs.rm(layout, { recursive: true, force: true });
 }
 
-function blobPath(layout: string, digest: string): string {
-  return path.join(layout, "blobs", "sha256", digestHex(digest));
-}
-
-async function extractLayer(archive: string, rootfs: string, extra: string[] = []): Promise<void> {
-  // GNU tar refuses members with ".." and strips leading "/" by default.
-  // NOTE: it still follows a symlink that an earlier member planted as a
-  // parent directory; a resolver confined to the rootfs would close that.
-  await run("tar", ["-xf", archive, "-C", rootfs, "--numeric-owner", "--same-permissions", "--same-owner", ...extra], {
-    maxBuffer: 64 * 1024 * 1024,
-  });
+function blobName(digest: string): string {
+  return path.join("blobs", "sha256", digestHex(digest));
 }
 
 /**
- * Applies OCI whiteouts of one layer to the layers below it, before the
- * layer itself is extracted: ".wh.NAME" deletes NAME, ".wh..wh..opq"
- * empties its directory.
+ * True when the name is a regular file inside the unpacked layout. A symlink
+ * planted in the archive would otherwise make the agent read a cell file.
  */
-async function applyWhiteouts(layer: string, rootfs: string): Promise<void> {
-  for (const entry of await listEntries(layer)) {
-    const relative = path.posix.normalize(entry.replace(/^\.?\//, ""));
-    if (relative.startsWith("..")) throw new Error(`layer entry ${JSON.stringify(entry)} points outside the rootfs`);
-    const base = path.posix.basename(relative);
-    if (!base.startsWith(".wh.")) continue;
-    const directory = path.join(rootfs, path.posix.dirname(relative));
-    if (base === ".wh..wh..opq") {
-      for (const child of await fs.readdir(directory).catch(() => [])) await fs.rm(path.join(directory, child), { recursive: true, force: true });
-    } else {
-      await fs.rm(path.join(directory, base.slice(".wh.".length)), { recursive: true, force: true });
-    }
+async function regularFile(root: string, name: string): Promise<boolean> {
+  let current = root;
+  for (const segment of name.split("/")) {
+    current = path.join(current, segment);
+    const stat = await fs.lstat(current).catch(() => undefined);
+    if (!stat || stat.isSymbolicLink()) return false;
+  }
+  return (await fs.lstat(current)).isFile();
+}
+
+async function readRegularFile(root: string, name: string): Promise<string> {
+  if (!(await regularFile(root, name))) throw new Error(`${name} is missing from the OCI archive or is not a regular file`);
+  const handle = await fs.open(path.join(root, name), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  try {
+    return await handle.readFile("utf8");
+  } finally {
+    await handle.close();
   }
 }
 

@@ -1,7 +1,7 @@
 // `npm run demo`: runs the quickstart stack on the local cell "demo" and
 // prints what it made. `npm run demo -- destroy` removes the stack's
 // resources; scripts/demo.sh then removes the cell.
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 
 import { configureForCell, quickstartStack, type CellDescription } from "./quickstart-stack";
@@ -14,7 +14,8 @@ async function main(): Promise<void> {
   const action = process.argv[2] ?? "up";
   const cellFile = process.argv[3];
   const cell = JSON.parse(readFileSync(cellFile, "utf8")) as CellDescription;
-  const stack = await quickstartStack({ repoRoot, stackName: "demo", backendUrl: `file://${stateDir}`, passphrase });
+  mkdirSync(stateDir, { recursive: true });
+  const stack = await quickstartStack({ workDir: repoRoot, stackName: "demo", backendUrl: `file://${stateDir}`, passphrase });
   const log = (line: string) => process.stdout.write(line);
 
   if (action === "destroy") {

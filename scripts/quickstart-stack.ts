@@ -17,7 +17,8 @@ export interface CellDescription {
 }
 
 export interface StackOptions {
-  repoRoot: string;
+  /** The directory holding Pulumi.yaml and the stack settings file Pulumi.<stack>.yaml. */
+  workDir: string;
   stackName: string;
   /** A file:// URL of the directory that holds the stack's state. */
   backendUrl: string;
@@ -33,7 +34,12 @@ export async function quickstartStack(options: StackOptions): Promise<Stack> {
   };
   return LocalWorkspace.createOrSelectStack(
     { stackName: options.stackName, projectName: "cellfleet-quickstart", program: async () => quickstart() },
-    { workDir: options.repoRoot, envVars: workspaceEnv },
+    {
+      workDir: options.workDir,
+      envVars: workspaceEnv,
+      // The project of the repository's Pulumi.yaml; the program itself runs inline, so no main path is needed.
+      projectSettings: { name: "cellfleet-quickstart", runtime: "nodejs" },
+    },
   );
 }
 

@@ -17,6 +17,7 @@ export function quickstart(): Record<string, pulumi.Output<unknown>> {
     user: config.get("user") ?? "root",
     privateKey: config.requireSecret("privateKey"),
     hostKey: config.require("hostKey"),
+    dialRetries: config.getNumber("dialRetries"),
   });
 
   const hello = new cellfleet.Container(

@@ -14,7 +14,7 @@ import type { Stack } from "@pulumi/pulumi/automation";
 
 import { closeAllCellSessions } from "../../provider/src/transport/pool";
 import { configureForCell, quickstartStack } from "../../scripts/quickstart-stack";
-import { createCell, findRepoRoot, type Cell } from "../helpers/cell";
+import { createCell, type Cell } from "../helpers/cell";
 import { testImagePath } from "../helpers/session";
 
 const run = promisify(execFile);
@@ -29,7 +29,6 @@ interface CliResult {
 
 describe("quickstart stack through the Pulumi CLI", function () {
   this.timeout(300_000);
-  const repoRoot = findRepoRoot();
   let cell: Cell;
   let stateDir: string;
   let stack: Stack;
@@ -39,7 +38,7 @@ describe("quickstart stack through the Pulumi CLI", function () {
   async function pulumi(args: string[]): Promise<CliResult> {
     try {
       const { stdout, stderr } = await run("pulumi", [...args, "--stack", "e2e", "--non-interactive"], {
-        cwd: repoRoot,
+        cwd: stateDir,
         env: { ...process.env, PULUMI_BACKEND_URL: `file://${stateDir}`, PULUMI_CONFIG_PASSPHRASE: PASSPHRASE, PULUMI_SKIP_UPDATE_CHECK: "true" },
         maxBuffer: 16 * 1024 * 1024,
       });
@@ -58,7 +57,7 @@ describe("quickstart stack through the Pulumi CLI", function () {
   before(async function () {
     cell = await createCell("t-e2e");
     stateDir = mkdtempSync(path.join(os.tmpdir(), "cellfleet-e2e-state-"));
-    stack = await quickstartStack({ repoRoot, stackName: "e2e", backendUrl: `file://${stateDir}`, passphrase: PASSPHRASE });
+    stack = await quickstartStack({ workDir: stateDir, stackName: "e2e", backendUrl: `file://${stateDir}`, passphrase: PASSPHRASE });
     await configureForCell(stack, cell, readFileSync(cell.privateKeyPath, "utf8"), testImagePath());
   });
 

@@ -8,6 +8,7 @@ import { format } from "node:util";
 import { logLevelFromEnvironment, PluginLogger } from "./log";
 import { registerResource } from "./registry";
 import { createContainerHandler } from "./resources/container/handler";
+import { closeAllCellSessions } from "../transport/pool";
 import { ProviderServer } from "./server";
 
 /** How long a fatal error waits for its log message to reach the engine before the process exits. */
@@ -71,7 +72,9 @@ async function main(argv: readonly string[]): Promise<void> {
   const stop = (signal: NodeJS.Signals) => {
     logger.debug(`received ${signal}; shutting down`);
     server.cancel();
-    server.close().then(
+    // Ending the SSH sessions lets each cell's agent exit at once rather than when the connection times out.
+    const shutdown = server.close().then(() => closeAllCellSessions());
+    shutdown.then(
       () => process.exit(0),
       (error: unknown) => fatal("shutdown failed", error),
     );

@@ -118,18 +118,18 @@ export class ProviderServer {
     }
   }
 
-  /** Stops accepting calls, waits up to 5 seconds for in-flight ones, then closes the engine log connection. */
+  /**
+   * Waits up to 5 seconds for in-flight calls, then drops every connection
+   * and closes the engine log connection. grpc-js's tryShutdown is not used:
+   * it waits for clients to disconnect, and the engine keeps its connection
+   * open until the plugin exits, so the two would wait on each other.
+   */
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, SHUTDOWN_GRACE_MS);
-      this.server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    const deadline = Date.now() + SHUTDOWN_GRACE_MS;
+    while (this.inFlight > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    this.server.forceShutdown();
     this.logger.close();
   }
 

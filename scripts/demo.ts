@@ -1,7 +1,7 @@
 // `npm run demo`: runs the quickstart stack on the local cell "demo" and
 // prints what it made. `npm run demo -- destroy` removes the stack's
 // resources; scripts/demo.sh then removes the cell.
-import { mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 
 import { configureForCell, quickstartStack, type CellDescription } from "./quickstart-stack";
@@ -9,6 +9,15 @@ import { configureForCell, quickstartStack, type CellDescription } from "./quick
 const repoRoot = path.resolve(__dirname, "..", "..");
 const stateDir = path.join(repoRoot, ".cache", "pulumi-state");
 const passphrase = "cellfleet-demo";
+
+/** The Pulumi CLI may live in the build cache, which the user's own PATH lacks. */
+function findOnPath(command: string): string | undefined {
+  for (const directory of (process.env.PATH ?? "").split(":")) {
+    const candidate = path.join(directory, command);
+    if (directory && existsSync(candidate)) return candidate;
+  }
+  return undefined;
+}
 
 async function main(): Promise<void> {
   const action = process.argv[2] ?? "up";
@@ -30,6 +39,7 @@ async function main(): Promise<void> {
   const outputs = Object.fromEntries(Object.entries(result.outputs).map(([name, output]) => [name, output.value]));
 
   const env = `PULUMI_BACKEND_URL=file://${stateDir} PULUMI_CONFIG_PASSPHRASE=${passphrase}`;
+  const pulumi = findOnPath("pulumi") ?? "pulumi";
   process.stdout.write(
     [
       "",
@@ -39,8 +49,8 @@ async function main(): Promise<void> {
       "Inspect it:",
       `  bash scripts/cell.sh exec ${cell.name} -- tail /var/lib/cellfleet/containers/${outputs.containerId}/stdout.log`,
       `  bash scripts/cell.sh exec ${cell.name} -- ps -o pid,user,args -p ${outputs.pid}`,
-      `  ${env} pulumi stack output --stack demo --show-secrets`,
-      `  ${env} pulumi refresh --stack demo   # reads the container back from the cell`,
+      `  ${env} ${pulumi} stack output --stack demo --show-secrets`,
+      `  PATH=${path.join(repoRoot, "provider/bin")}:$PATH ${env} ${pulumi} refresh --stack demo   # reads the container back from the cell`,
       "Destroy the container and the cell:",
       "  npm run demo -- destroy",
       "",

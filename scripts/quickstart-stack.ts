@@ -1,5 +1,6 @@
 // Runs the quickstart program against a local cell through the Automation
 // API: shared by `npm run demo` and the end-to-end tests.
+import { existsSync } from "node:fs";
 import path from "node:path";
 
 import { LocalWorkspace, type Stack } from "@pulumi/pulumi/automation";
@@ -37,8 +38,10 @@ export async function quickstartStack(options: StackOptions): Promise<Stack> {
     {
       workDir: options.workDir,
       envVars: workspaceEnv,
-      // The project of the repository's Pulumi.yaml; the program itself runs inline, so no main path is needed.
-      projectSettings: { name: "cellfleet-quickstart", runtime: "nodejs" },
+      // Given only where no Pulumi.yaml exists yet, because the Automation API
+      // rewrites an existing one with these settings. The program runs inline,
+      // so no main path is needed.
+      projectSettings: existsSync(path.join(options.workDir, "Pulumi.yaml")) ? undefined : { name: "cellfleet-quickstart", runtime: "nodejs" },
     },
   );
 }

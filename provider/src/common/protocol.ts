@@ -5,6 +5,7 @@
  * order because the agent serves requests concurrently.
  */
 import type { ContainerInputs } from "./container-spec";
+import type { NetworkPolicyState, PortMapping, SecurityGroupRule } from "./network-state";
 
 export interface AgentRequest<M extends keyof AgentMethods = keyof AgentMethods> {
   id: number;
@@ -77,6 +78,10 @@ export interface ContainerObservation {
   env: Record<string, string>;
   workingDir: string;
   user: string;
+  /** The container's IPv4 address on the cell bridge, when it has a network. */
+  address?: string;
+  /** Port mappings with the cell ports chosen for them. */
+  ports?: PortMapping[];
 }
 
 export interface AgentMethods {
@@ -90,6 +95,27 @@ export interface AgentMethods {
   "container.update": { params: { id: string; memory: number }; result: ContainerObservation };
   "container.delete": { params: { id: string }; result: { existed: boolean } };
   "container.list": { params: Record<string, never>; result: { ids: string[] } };
+  /** Stores a security group's rules and applies the cell's ruleset; running containers bound to it change at once. */
+  "securityGroup.put": { params: { name: string; rules: SecurityGroupRule[] }; result: SecurityGroupObservation };
+  "securityGroup.inspect": { params: { name: string }; result: SecurityGroupObservation | null };
+  "securityGroup.delete": { params: { name: string }; result: { existed: boolean } };
+  "policy.put": { params: NetworkPolicyState; result: PolicyObservation };
+  "policy.inspect": { params: { id: string }; result: PolicyObservation | null };
+  "policy.delete": { params: { id: string }; result: { existed: boolean } };
+}
+
+/** What is really enforced for a security group: drift shows as enforced: false with the reason. */
+export interface SecurityGroupObservation {
+  name: string;
+  rules: SecurityGroupRule[];
+  /** False when the live nftables ruleset lacks part of what the stored rules render to. */
+  enforced: boolean;
+  drift?: string;
+}
+
+export interface PolicyObservation extends NetworkPolicyState {
+  enforced: boolean;
+  drift?: string;
 }
 
 export type AgentMethod = keyof AgentMethods;

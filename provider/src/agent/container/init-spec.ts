@@ -30,4 +30,11 @@ export const SPEC_FD = 3;
  */
 export const STATUS_FD = 4;
 
+/**
+ * The pipe the init waits on right before execve: the agent writes "go"
+ * once everything it sets up from outside (such as the network) is ready,
+ * or closes the pipe to abort the start.
+ */
+export const GO_FD = 5;
+
 export type InitReport = { pid: number } | { exec: true } | { failed: { step: string; message: string } };

@@ -7,12 +7,12 @@
  * The steps below are in the order the kernel requires; each is one named
  * function, and the reason for its place in the order sits above the call.
  */
-import { closeSync, existsSync, openSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, openSync, readSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
 import path from "node:path";
 
 import * as libc from "../libc";
 import { allCapabilityNumbers, keptCapabilityMask } from "./capabilities";
-import { InitReport, InitSpec, SPEC_FD, STATUS_FD } from "./init-spec";
+import { GO_FD, InitReport, InitSpec, SPEC_FD, STATUS_FD } from "./init-spec";
 import { buildFilter, encodeFilter } from "./seccomp";
 
 const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -138,6 +138,10 @@ function startContainer(spec: InitSpec): never {
   // start with no stdin, stdout or stderr at all.
   runStep("set up stdio", prepareStdio);
 
+  // The agent attaches the network from outside while the steps above run;
+  // the workload must not start before its interfaces exist.
+  runStep("wait for the agent", waitForGo);
+
   // Last before execve: the filter denies calls that the steps above make,
   // such as mount and pivot_root.
   runStep("install seccomp filter", () => libc.installSeccompFilter(encodeFilter(buildFilter({ privileged: spec.privileged, extraDenied: spec.seccompDeny }))));
@@ -160,6 +164,19 @@ function prepareStdio(): void {
   libc.clearCloseOnExec(0);
   libc.clearCloseOnExec(1);
   libc.clearCloseOnExec(2);
+}
+
+function waitForGo(): void {
+  const buffer = Buffer.alloc(16);
+  let received = "";
+  for (;;) {
+    const count = readSync(GO_FD, buffer, 0, buffer.length, null);
+    if (count === 0) throw new Error("the agent closed the start pipe without a go; it aborted the start");
+    received += buffer.subarray(0, count).toString("utf8");
+    if (received.includes("\n")) break;
+  }
+  if (received.trim() !== "go") throw new Error(`unexpected message ${JSON.stringify(received.trim())} on the start pipe`);
+  closeSync(GO_FD);
 }
 
 function readCellPid(): number {

@@ -32,6 +32,12 @@ export interface LaunchRequest {
   exitStatusPath: string;
   /** The agent bundle that runs as the init. */
   agentScript: string;
+  /**
+   * Runs once the workload's pid is known and before it may exec, for setup
+   * done from outside the container, such as attaching its network. A
+   * failure here aborts the start.
+   */
+  beforeExec?: (pid: number) => Promise<void>;
 }
 
 export interface LaunchResult {
@@ -119,7 +125,7 @@ export async function launchContainer(request: LaunchRequest): Promise<LaunchRes
         {
           // The container outlives this agent: its own session, no shared pipes except the two below.
           detached: true,
-          stdio: ["ignore", stdout, stderr, "pipe", "pipe"],
+          stdio: ["ignore", stdout, stderr, "pipe", "pipe", "pipe"],
           env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
         },
       );
@@ -130,7 +136,11 @@ export async function launchContainer(request: LaunchRequest): Promise<LaunchRes
 
     const specPipe = chain.stdio[3] as Writable;
     specPipe.end(JSON.stringify(request.spec));
-    const pid = await readInitReports(chain.stdio[4] as Readable, chain);
+    const goPipe = (chain.stdio as unknown as Writable[])[5];
+    const pid = await readInitReports(chain.stdio[4] as Readable, chain, async (workloadPid) => {
+      await request.beforeExec?.(workloadPid);
+      goPipe.end("go\n");
+    });
     chain.unref();
     return { reaperPid: chain.pid!, pid };
   } catch (error) {
@@ -148,7 +158,7 @@ export async function launchContainer(request: LaunchRequest): Promise<LaunchRes
   }
 }
 
-async function readInitReports(status: Readable, chain: ChildProcess): Promise<number> {
+async function readInitReports(status: Readable, chain: ChildProcess, onPid: (pid: number) => Promise<void>): Promise<number> {
   const deadline = Date.now() + INIT_TIMEOUT_MS;
   let buffer = "";
   let ended = false;
@@ -166,11 +176,16 @@ async function readInitReports(status: Readable, chain: ChildProcess): Promise<n
   // comes from a successful execve. Instead the init announces the execve,
   // and the agent watches the workload's /proc/PID/exe leave the Node binary.
   const node = await fs.stat(process.execPath);
+  let released = false;
   for (;;) {
     const received = reports();
     const failure = received.find((report): report is Extract<InitReport, { failed: unknown }> => "failed" in report);
     if (failure) throw Object.assign(new Error(failure.failed.message), { initStep: failure.failed.step });
     const pidReport = received.find((report): report is Extract<InitReport, { pid: number }> => "pid" in report);
+    if (pidReport && !released) {
+      released = true;
+      await onPid(pidReport.pid);
+    }
     const announced = received.some((report) => "exec" in report);
     if (pidReport && announced) {
       const exe = await fs.stat(`/proc/${pidReport.pid}/exe`).catch(() => undefined);

@@ -13,7 +13,7 @@ import { cellSettings, ensureLayout, probeCell } from "./settings";
 
 type Handler = (params: never) => Promise<unknown>;
 
-const HANDLERS: Record<AgentMethod, Handler> = {
+const HANDLERS: Partial<Record<AgentMethod, Handler>> = {
   probe: () => probeCell(),
   "image.has": async (params: { digest: string }) => ({ present: await hasImage(params.digest) }),
   "image.import": async (params: { digest: string }) => {

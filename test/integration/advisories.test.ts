@@ -67,6 +67,15 @@ describe("runtime advisory regressions", function () {
     await session.agent.call("container.delete", { id: "exe-1" });
   });
 
+  it("passes no runtime descriptor to the workload (CVE-2024-21626 class)", async function () {
+    // sleep, not a shell: a shell may close descriptors itself and hide a leak.
+    const digest = await importImage(testImagePath());
+    const created = await session.agent.call("container.create", { id: "fd-1", imageDigest: digest, spec: { command: ["/bin/sleep", "600"], memory: 64 * MIB } });
+    const fds = await cell.exec(["ls", `/proc/${created.pid}/fd`]);
+    assert.deepEqual(fds.stdout.trim().split(/\s+/).sort(), ["0", "1", "2"]);
+    await session.agent.call("container.delete", { id: "fd-1" });
+  });
+
   it("refuses a working directory under /proc (CVE-2024-21626 class)", function () {
     const result = validateContainerInputs({ image: "x.tar", command: ["/bin/true"], workingDir: "/proc/self/fd/7" });
     assert.equal(result.ok, false);

@@ -135,8 +135,11 @@ export async function launchContainer(request: LaunchRequest): Promise<LaunchRes
     }
 
     const specPipe = chain.stdio[3] as Writable;
-    specPipe.end(JSON.stringify(request.spec));
     const goPipe = (chain.stdio as unknown as Writable[])[5];
+    // An init that fails closes its pipes; the failure is read from the
+    // status pipe, so a write error here (EPIPE) must not crash the agent.
+    for (const pipe of [specPipe, goPipe, chain.stdio[4] as Readable]) pipe.on("error", () => undefined);
+    specPipe.end(JSON.stringify(request.spec));
     const pid = await readInitReports(chain.stdio[4] as Readable, chain, async (workloadPid) => {
       await request.beforeExec?.(workloadPid);
       goPipe.end("go\n");

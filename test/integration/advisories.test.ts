@@ -113,6 +113,21 @@ describe("runtime advisory regressions", function () {
     await session.agent.call("container.delete", { id: "inh-1" });
   });
 
+  it("adds a container's own denied system calls to the baseline", async function () {
+    const digest = await importImage(testImagePath());
+    const check = 'if linux32 true 2>/dev/null; then echo "personality: allowed"; else echo "personality: denied"; fi; echo "check: done"';
+    await session.agent.call("container.create", { id: "deny-0", imageDigest: digest, spec: { command: ["/bin/sh", "-c", check], memory: 64 * MIB } });
+    await session.agent.call("container.create", {
+      id: "deny-1",
+      imageDigest: digest,
+      spec: { command: ["/bin/sh", "-c", check], memory: 64 * MIB, seccompDeny: ["personality"] },
+    });
+    assert.match(await waitForLog(cell, "deny-0", "check: done"), /personality: allowed/);
+    assert.match(await waitForLog(cell, "deny-1", "check: done"), /personality: denied/);
+    await session.agent.call("container.delete", { id: "deny-0" });
+    await session.agent.call("container.delete", { id: "deny-1" });
+  });
+
   it("keeps cgroupfs out of reach (CVE-2022-0492 and CVE-2023-25809 classes)", async function () {
     const digest = await importImage(testImagePath());
     const check = [

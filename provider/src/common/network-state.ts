@@ -1,9 +1,9 @@
 /**
  * The network state of a cell as the agent keeps it under
  * /var/lib/cellfleet/network/, and from which it renders cellfleet's whole
- * nftables table on every change. Two engines share these types: the
+ * nftables table on every change. Two engines share these types. The
  * plumbing (bridge, veth pairs, addresses, bandwidth) writes container
- * attachments; the rules engine renders security groups, policies, port
+ * attachments, and the rules engine renders security groups, policies, port
  * mappings and masquerade from all of it in one transaction.
  */
 
@@ -29,7 +29,7 @@ export interface PortMapping {
   cellPort: number;
 }
 
-/** A container as the network sees it, written when its veth pair is attached. */
+/** The network view of a container, written when its veth pair is attached. */
 export interface ContainerAttachment {
   id: string;
   /** The container's IPv4 address on the cell bridge. */

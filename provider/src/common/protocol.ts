@@ -1,8 +1,8 @@
 /**
  * Messages between the provider and the agent on a cell. The provider writes
- * one JSON request per line to the agent's stdin; the agent writes one JSON
- * response per line to its stdout, matched by id. Responses may arrive out of
- * order because the agent serves requests concurrently.
+ * one JSON request per line to the agent's stdin, and the agent writes one
+ * JSON response per line to its stdout, matched by id. Responses may arrive
+ * out of order because the agent serves requests concurrently.
  */
 import type { ContainerInputs } from "./container-spec";
 import type { NetworkPolicyState, PortMapping, SecurityGroupRule } from "./network-state";
@@ -60,13 +60,13 @@ export interface CreateContainerParams {
 
 export type ContainerStatus = "running" | "stopped";
 
-/** What is really on the cell for one container, read from processes, cgroups and mounts. */
+/** The observed state of one container, read from its processes, cgroups and mounts. */
 export interface ContainerObservation {
   id: string;
   status: ContainerStatus;
-  /** Why the container stopped, such as "exited with code 0" or "killed by the memory limit". */
+  /** The reason the container stopped, such as "exited with code 0". */
   reason?: string;
-  /** The workload's pid as the cell sees it; 0 when stopped. */
+  /** The workload's pid in the cell's PID namespace, or 0 when stopped. */
   pid: number;
   startedAt: string;
   imageDigest: string;
@@ -104,7 +104,7 @@ export interface AgentMethods {
   "policy.delete": { params: { id: string }; result: { existed: boolean } };
 }
 
-/** What is really enforced for a security group: drift shows as enforced: false with the reason. */
+/** The enforcement state of a security group. Drift sets enforced to false and gives the reason. */
 export interface SecurityGroupObservation {
   name: string;
   rules: SecurityGroupRule[];

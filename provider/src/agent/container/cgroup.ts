@@ -12,7 +12,7 @@ export const CGROUP_ROOT = "/sys/fs/cgroup";
 
 /**
  * The v1 controllers a container joins: memory and cpu carry limits, pids
- * lists every process, devices holds the device allowlist.
+ * lists every process, devices enforces the device allowlist.
  */
 const V1_CONTROLLERS = ["memory", "cpu", "pids", "devices"] as const;
 
@@ -135,7 +135,7 @@ export async function writeLimits(cgroup: ContainerCgroup, limits: CgroupLimits)
   }
 }
 
-/** The cgroup.procs files a new process writes its pid into to join the container's cgroup. */
+/** Lists the cgroup.procs files that a new process writes its pid to, to join the container's cgroups. */
 export function procsFiles(cgroup: ContainerCgroup): string[] {
   return cgroup.directories.map((directory) => path.join(directory, "cgroup.procs"));
 }

@@ -28,7 +28,7 @@ export function digestHex(digest: string): string {
 }
 
 /**
- * The rootfs a container's overlay uses as its lower layer. Unprivileged
+ * Returns the rootfs that a container's overlay uses as its lower layer. Unprivileged
  * containers get the copy with ids shifted; privileged ones have no user
  * namespace and get a copy with the image's own ids.
  */

@@ -1,4 +1,4 @@
-/** What the agent hands to the container init over a pipe (fd 3). */
+/** The container spec that the agent sends to the init over a pipe (fd 3). */
 export interface InitSpec {
   id: string;
   rootfs: {
@@ -6,7 +6,7 @@ export interface InitSpec {
     lower: string[];
     upper: string;
     work: string;
-    /** Where the overlay is mounted and pivot_root enters. */
+    /** The mount point of the overlay, which pivot_root makes the new root. */
     merged: string;
   };
   hostname: string;

@@ -4,8 +4,8 @@
  * namespaces (created by util-linux nsenter and unshare, see launcher.ts) as
  * root of the user namespace, which is host uid 4294967294 on the cell.
  *
- * The steps below are in the order the kernel requires; each is one named
- * function, and the reason for its place in the order sits above the call.
+ * The steps below are in the order the kernel requires. Each is one named
+ * function, and the reason for its place in the order is above the call.
  */
 import { closeSync, existsSync, openSync, readSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
 import path from "node:path";
@@ -229,7 +229,7 @@ function populateDev(rootfs: string): void {
   libc.mount("tmpfs", dev, "tmpfs", libc.MS.NOSUID | libc.MS.NOEXEC, "mode=755,size=65536k");
 
   // mknod is not allowed in a user namespace, so device nodes are bind mounts
-  // of the cell's own nodes; the targets are files in the fresh tmpfs above.
+  // of the cell's own nodes. The targets are files in the fresh tmpfs above.
   for (const name of DEVICE_NODES) {
     if (!existsSync(`/dev/${name}`)) continue;
     const target = path.join(dev, name);

@@ -90,7 +90,7 @@ const UNSHARE = "unshare --mount --uts --ipc --net --pid --fork --kill-child --p
 
 /**
  * The reaper shell. It joins the cgroups first, so every later process,
- * including the workload, is limited and can be found; it then waits for
+ * including the workload, is limited and can be found. It then waits for
  * the container and records how it ended. A privileged container has no
  * user namespace to enter, so its holder argument is empty.
  */
@@ -136,8 +136,8 @@ export async function launchContainer(request: LaunchRequest): Promise<LaunchRes
 
     const specPipe = chain.stdio[3] as Writable;
     const goPipe = (chain.stdio as unknown as Writable[])[5];
-    // An init that fails closes its pipes; the failure is read from the
-    // status pipe, so a write error here (EPIPE) must not crash the agent.
+    // An init that fails closes its pipes, and its failure is read from the
+    // status pipe. So a write error here (EPIPE) must not crash the agent.
     for (const pipe of [specPipe, goPipe, chain.stdio[4] as Readable]) pipe.on("error", () => undefined);
     specPipe.end(JSON.stringify(request.spec));
     const pid = await readInitReports(chain.stdio[4] as Readable, chain, async (workloadPid) => {

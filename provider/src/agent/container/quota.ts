@@ -2,7 +2,7 @@
  * Disk quotas for a container's read-write layer. The layer lives on a
  * sparse file of exactly the quota's size, formatted ext4 and loop-mounted,
  * so writing past the quota fails with ENOSPC. This works on any cell with
- * loop devices, whatever filesystem holds /var/lib/cellfleet.
+ * loop devices, whatever filesystem /var/lib/cellfleet is on.
  */
 import { execFile } from "node:child_process";
 import { promises as fs } from "node:fs";

@@ -10,7 +10,7 @@ const repoRoot = path.resolve(__dirname, "..", "..");
 const stateDir = path.join(repoRoot, ".cache", "pulumi-state");
 const passphrase = "cellfleet-demo";
 
-/** The Pulumi CLI may live in the build cache, which the user's own PATH lacks. */
+/** Finds a command on PATH, which here includes the Pulumi CLI's build cache that the user's own PATH lacks. */
 function findOnPath(command: string): string | undefined {
   for (const directory of (process.env.PATH ?? "").split(":")) {
     const candidate = path.join(directory, command);

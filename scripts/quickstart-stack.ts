@@ -7,7 +7,7 @@ import { LocalWorkspace, type Stack } from "@pulumi/pulumi/automation";
 
 import { quickstart } from "../examples/quickstart";
 
-/** What scripts/cell.sh create prints about a cell. */
+/** The description of a cell that `scripts/cell.sh create` prints. */
 export interface CellDescription {
   name: string;
   host: string;
@@ -21,7 +21,7 @@ export interface StackOptions {
   /** The directory holding Pulumi.yaml and the stack settings file Pulumi.<stack>.yaml. */
   workDir: string;
   stackName: string;
-  /** A file:// URL of the directory that holds the stack's state. */
+  /** A file:// URL of the directory that contains the stack's state. */
   backendUrl: string;
   passphrase: string;
 }

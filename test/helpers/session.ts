@@ -24,7 +24,7 @@ export function sessionFor(cell: Cell): Promise<CellSession> {
   return getCellSession(cellConfigFor(cell));
 }
 
-/** The busybox rootfs tarball that scripts/build-test-image.sh builds. */
+/** Returns the path of a busybox test image that scripts/build-test-image.sh builds. */
 export function testImagePath(name: "busybox-rootfs.tar" | "busybox-oci.tar" = "busybox-rootfs.tar"): string {
   return path.join(findRepoRoot(), ".cache", "images", name);
 }

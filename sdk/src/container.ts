@@ -46,9 +46,9 @@ export interface ContainerArgs {
    */
   diskQuota?: pulumi.Input<string>;
   /**
-   * Keep CAP_SYS_ADMIN and allow the system calls denied only to unprivileged containers, such as
-   * mount and creating user namespaces. The container keeps its own user namespace. Defaults to
-   * false.
+   * Run without a user namespace, so container root is root on the cell, keep CAP_SYS_ADMIN, and
+   * allow the system calls denied only to unprivileged containers, such as mount and creating user
+   * namespaces. Every other measure still applies. Defaults to false.
    */
   privileged?: pulumi.Input<boolean>;
   /**
@@ -99,9 +99,9 @@ export interface ContainerState {
    */
   diskQuota?: pulumi.Input<string>;
   /**
-   * Keep CAP_SYS_ADMIN and allow the system calls denied only to unprivileged containers, such as
-   * mount and creating user namespaces. The container keeps its own user namespace. Defaults to
-   * false.
+   * Run without a user namespace, so container root is root on the cell, keep CAP_SYS_ADMIN, and
+   * allow the system calls denied only to unprivileged containers, such as mount and creating user
+   * namespaces. Every other measure still applies. Defaults to false.
    */
   privileged?: pulumi.Input<boolean>;
   /**
@@ -191,9 +191,9 @@ export class Container extends pulumi.CustomResource {
    */
   declare public readonly diskQuota: pulumi.Output<string | undefined>;
   /**
-   * Keep CAP_SYS_ADMIN and allow the system calls denied only to unprivileged containers, such as
-   * mount and creating user namespaces. The container keeps its own user namespace. Defaults to
-   * false.
+   * Run without a user namespace, so container root is root on the cell, keep CAP_SYS_ADMIN, and
+   * allow the system calls denied only to unprivileged containers, such as mount and creating user
+   * namespaces. Every other measure still applies. Defaults to false.
    */
   declare public readonly privileged: pulumi.Output<boolean | undefined>;
   /**

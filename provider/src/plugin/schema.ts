@@ -160,8 +160,8 @@ const CONTAINER_INPUTS: Record<string, PropertySpec> = {
     type: "boolean",
     default: false,
     description:
-      "Keep CAP_SYS_ADMIN and allow the system calls denied only to unprivileged containers, such as mount and creating user namespaces. " +
-      "The container keeps its own user namespace. Defaults to false.",
+      "Run without a user namespace, so container root is root on the cell, keep CAP_SYS_ADMIN, and allow the system calls denied only to " +
+      "unprivileged containers, such as mount and creating user namespaces. Every other measure still applies. Defaults to false.",
   },
   seccompDeny: {
     type: "array",

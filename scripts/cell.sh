@@ -565,7 +565,7 @@ KbdInteractiveAuthentication no
 UsePAM no
 # StrictModes rejects any authorized_keys file below a group- or
 # world-writable directory, and the state directory is below /var/tmp (mode
-# 1777). The state directory itself is mode 0700 and owned by root.
+# 1777). The state directory itself is mode 0711 and owned by root.
 StrictModes no
 X11Forwarding no
 PrintMotd no
@@ -620,7 +620,9 @@ create_cell() {
   create_started=true
 
   mkdir -p "$state_root"
-  mkdir -m 0700 "$state_dir"
+  # 0711: sshd reads authorized_keys as the login user, who may not be root
+  # (the sudo tests); the private key files stay 0600.
+  mkdir -m 0711 "$state_dir"
   echo "$index" >"$state_dir/index"
   host_address=198.18.$index.1
   cell_address=198.18.$index.2
@@ -665,7 +667,7 @@ create_cell() {
 
   ssh-keygen -q -t ed25519 -N '' -C "cellfleet-$name-host" -f "$state_dir/ssh_host_ed25519_key"
   ssh-keygen -q -t ed25519 -N '' -C "cellfleet-$name-client" -f "$state_dir/id_ed25519"
-  install -m 0600 "$state_dir/id_ed25519.pub" "$state_dir/authorized_keys"
+  install -m 0644 "$state_dir/id_ed25519.pub" "$state_dir/authorized_keys"
   write_sshd_config
   /usr/sbin/sshd -t -f "$state_dir/sshd_config" || die "sshd rejected $state_dir/sshd_config"
 

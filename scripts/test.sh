@@ -15,4 +15,7 @@ for cell in $(bash scripts/cell.sh list); do
   esac
 done
 
+# A schema change without a regenerated SDK would ship an SDK that lies about the provider.
+node dist/scripts/gen-sdk.js --check
+
 exec npx mocha --config test/.mocharc.json "$@"

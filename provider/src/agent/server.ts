@@ -16,8 +16,8 @@ type Handler = (params: never) => Promise<unknown>;
 const HANDLERS: Partial<Record<AgentMethod, Handler>> = {
   probe: () => probeCell(),
   "image.has": async (params: { digest: string }) => ({ present: await hasImage(params.digest) }),
-  "image.import": async (params: { digest: string }) => {
-    await importImage(params.digest);
+  "image.import": async (params: { digest: string; source?: string }) => {
+    await importImage(params.digest, params.source);
     return { digest: params.digest };
   },
   "container.create": createContainer,

@@ -87,8 +87,11 @@ export interface ContainerObservation {
 export interface AgentMethods {
   probe: { params: Record<string, never>; result: CellFacts };
   "image.has": { params: { digest: string }; result: { present: boolean } };
-  /** Imports an archive that the provider uploaded to images/incoming/<hex>.tar. */
-  "image.import": { params: { digest: string }; result: { digest: string } };
+  /**
+   * Imports an archive that the provider uploaded to images/incoming/<hex>.tar,
+   * or to `source` under /tmp when it logs in as a user who cannot write there.
+   */
+  "image.import": { params: { digest: string; source?: string }; result: { digest: string } };
   "container.create": { params: CreateContainerParams; result: ContainerObservation };
   "container.inspect": { params: { id: string }; result: ContainerObservation | null };
   /** Changes limits of a running container in place; every other change replaces the container. */
@@ -129,4 +132,6 @@ export const CELL_PATHS = {
   containers: "/var/lib/cellfleet/containers",
   run: "/run/cellfleet",
   cellConfig: "/var/lib/cellfleet/cell.json",
+  /** Uploads by a non-root login user land here first, because only root may write the image store. */
+  userUploadPrefix: "/tmp/cellfleet-upload-",
 } as const;

@@ -177,9 +177,7 @@ async function stageAndMove(
 
   // With sudo, the staging directory belongs to the SSH user while SFTP,
   // which runs as that user, writes into it. `$(id -u)` expands in the
-  // user's shell before sudo runs.
-  // NOTE: the integration tests log in as root, so this sudo branch has
-  // not run against a real sshd.
+  // user's shell before sudo runs. test/integration/sudo.test.ts covers it.
   const createCommands = [
     `${sudo}mkdir -p -- ${quotedRoot}`,
     `${sudo}chmod 0755 -- ${quotedRoot}`,

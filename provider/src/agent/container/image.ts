@@ -44,6 +44,28 @@ export async function hasImage(digest: string): Promise<boolean> {
   return exists(imageRootfs(digest));
 }
 
+/**
+ * Moves an archive uploaded by a non-root login user into the image store.
+ * The file is opened without following symlinks, so a link planted under
+ * /tmp cannot make the agent copy a file of the cell's root.
+ */
+async function takeUserUpload(source: string, archive: string): Promise<void> {
+  const resolved = path.resolve(source);
+  if (!resolved.startsWith(CELL_PATHS.userUploadPrefix) || resolved.includes("/", CELL_PATHS.userUploadPrefix.length)) {
+    throw new AgentFailure("INVALID_REQUEST", "take uploaded image", `upload path ${JSON.stringify(source)} must be a file named ${CELL_PATHS.userUploadPrefix}*`);
+  }
+  const input = await fs.open(resolved, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((error: Error) => {
+    throw new AgentFailure("IMAGE_MISSING", "take uploaded image", `cannot open the uploaded image ${resolved}: ${error.message}`);
+  });
+  try {
+    if (!(await input.stat()).isFile()) throw new AgentFailure("IMAGE_INVALID", "take uploaded image", `${resolved} is not a regular file`);
+    await fs.writeFile(archive, input.createReadStream(), { mode: 0o600 });
+  } finally {
+    await input.close();
+    await fs.rm(resolved, { force: true });
+  }
+}
+
 async function sha256File(file: string): Promise<string> {
   const { createHash } = await import("node:crypto");
   const hash = createHash("sha256");
@@ -52,11 +74,15 @@ async function sha256File(file: string): Promise<string> {
 }
 
 /** Imports the uploaded archive for digest. Safe to repeat; concurrent imports of one digest run once. */
-export async function importImage(digest: string): Promise<void> {
+export async function importImage(digest: string, source?: string): Promise<void> {
   const hex = digestHex(digest);
   await withLock(`image-${hex}`, async () => {
-    if (await hasImage(digest)) return;
+    if (await hasImage(digest)) {
+      if (source) await fs.rm(source, { force: true });
+      return;
+    }
     const archive = incomingArchive(digest);
+    if (source) await takeUserUpload(source, archive);
     if (!(await exists(archive))) {
       throw new AgentFailure("IMAGE_MISSING", "find uploaded image", `no archive for ${digest} at ${archive}: upload it first`);
     }

@@ -2,7 +2,7 @@
  * Local image archives: their digest, and their upload to a cell's image
  * store, which keeps each image once by digest.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, promises as fs } from "node:fs";
 import path from "node:path";
 
@@ -54,8 +54,14 @@ export async function ensureImageOnCell(session: CellSession, image: string, dig
   const { present } = await session.agent.call("image.has", { digest });
   if (present) return;
   const hex = digest.slice("sha256:".length);
-  // NOTE: the upload runs as the login user; with sudo (a non-root login)
-  // that user needs write access to the incoming directory.
-  await session.connection.upload(resolveImagePath(image), path.posix.join(CELL_PATHS.incoming, `${hex}.tar`), 0o600);
-  await session.agent.call("image.import", { digest });
+  if (session.connection.sudoPrefix === "") {
+    await session.connection.upload(resolveImagePath(image), path.posix.join(CELL_PATHS.incoming, `${hex}.tar`), 0o600);
+    await session.agent.call("image.import", { digest });
+    return;
+  }
+  // A non-root login user cannot write the image store, so the archive goes
+  // to /tmp under an unguessable name, and the agent, as root, moves it in.
+  const source = `${CELL_PATHS.userUploadPrefix}${hex.slice(0, 16)}-${randomBytes(8).toString("hex")}.tar`;
+  await session.connection.upload(resolveImagePath(image), source, 0o600);
+  await session.agent.call("image.import", { digest, source });
 }

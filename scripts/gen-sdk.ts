@@ -32,6 +32,12 @@ interface TypeHome {
   name: string;
 }
 
+/** Names the module of a resource after its class: "cellfleet:index:SecurityGroup" becomes "security-group". */
+function moduleNameFor(token: string): string {
+  const className = token.split(":").pop() ?? token;
+  return className.replace(/([a-z0-9])([A-Z])/g, "$1-$2").toLowerCase();
+}
+
 class SdkGenerator {
   private readonly homes = new Map<string, TypeHome>();
 
@@ -40,7 +46,9 @@ class SdkGenerator {
   generate(): Map<string, string> {
     const files = new Map<string, string>();
     files.set("provider.ts", this.providerFile());
-    files.set("container.ts", this.resourceFile(CONTAINER_TOKEN, "container"));
+    for (const token of Object.keys(this.schema.resources)) {
+      files.set(`${moduleNameFor(token)}.ts`, this.resourceFile(token, moduleNameFor(token)));
+    }
     files.set("index.ts", this.indexFile());
     return files;
   }
@@ -96,14 +104,14 @@ class SdkGenerator {
     const declarations: string[] = [];
     const imports: string[] = [];
     for (const token of [...used].sort()) {
-      const home = this.homes.get(token);
       const name = this.typeName(token, side);
+      const home = this.homes.get(name);
       if (home !== undefined && home.module !== module) {
         imports.push(`import type { ${name} } from "./${home.module}";`);
         continue;
       }
       if (home !== undefined) continue;
-      this.homes.set(token, { module, name });
+      this.homes.set(name, { module, name });
       const spec = this.typeSpec(token);
       if ("enum" in spec) {
         declarations.push(`${docComment(spec.description, "")}export type ${name} = ${spec.enum.map((member) => JSON.stringify(member.value)).join(" | ")};\n`);
@@ -220,8 +228,9 @@ class SdkGenerator {
     const state = Object.entries(resource.properties).map(
       ([key, property]) => `${docComment(property.description, "  ")}  ${key}?: ${this.tsType(property, "input", used)};\n`,
     );
+    const usedOutputs = new Set<string>();
     const fields = Object.entries(resource.properties).map(([key, property]) => {
-      const type = this.tsType(property, "output", used);
+      const type = this.tsType(property, "output", usedOutputs);
       const outputType = resource.required.includes(key) ? type : `${type} | undefined`;
       // "declare" emits no class field, so under ES2022 class-field semantics the Output that the Pulumi runtime sets
       // during super() is not overwritten with undefined.
@@ -239,7 +248,10 @@ class SdkGenerator {
     const secretOutputs = Object.entries(resource.properties)
       .filter(([, property]) => property.secret === true)
       .map(([key]) => JSON.stringify(key));
-    const { declarations, imports } = this.typeDeclarations(module, used, "input");
+    const inputTypes = this.typeDeclarations(module, used, "input");
+    const outputTypes = this.typeDeclarations(module, usedOutputs, "output");
+    const declarations = [...inputTypes.declarations, ...outputTypes.declarations];
+    const imports = [...new Set([...inputTypes.imports, ...outputTypes.imports])];
 
     return [
       HEADER,
@@ -293,9 +305,9 @@ class SdkGenerator {
     return [
       HEADER,
       'import * as pulumi from "@pulumi/pulumi";\n\n',
-      'import { Container } from "./container";\n',
+      ...Object.keys(this.schema.resources).map((token) => `import { ${token.split(":").pop()} } from "./${moduleNameFor(token)}";\n`),
       'import { Provider, ProviderArgs } from "./provider";\n\n',
-      'export * from "./container";\n',
+      ...Object.keys(this.schema.resources).map((token) => `export * from "./${moduleNameFor(token)}";\n`),
       'export * from "./provider";\n\n',
       "// Lets the Pulumi runtime turn resource references, such as those in stack\n",
       "// references or component outputs, back into instances of these classes.\n",

@@ -3,9 +3,13 @@
 import * as pulumi from "@pulumi/pulumi";
 
 import { Container } from "./container";
+import { SecurityGroup } from "./security-group";
+import { NetworkPolicy } from "./network-policy";
 import { Provider, ProviderArgs } from "./provider";
 
 export * from "./container";
+export * from "./security-group";
+export * from "./network-policy";
 export * from "./provider";
 
 // Lets the Pulumi runtime turn resource references, such as those in stack
@@ -16,6 +20,10 @@ pulumi.runtime.registerResourceModule("cellfleet", "index", {
     switch (type) {
       case "cellfleet:index:Container":
         return new Container(name, undefined, { urn });
+      case "cellfleet:index:SecurityGroup":
+        return new SecurityGroup(name, undefined, { urn });
+      case "cellfleet:index:NetworkPolicy":
+        return new NetworkPolicy(name, undefined, { urn });
       default:
         throw new Error(`unknown resource type ${type}`);
     }

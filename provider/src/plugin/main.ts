@@ -8,6 +8,8 @@ import { format } from "node:util";
 import { logLevelFromEnvironment, PluginLogger } from "./log";
 import { registerResource } from "./registry";
 import { createContainerHandler } from "./resources/container/handler";
+import { createNetworkPolicyHandler } from "./resources/network-policy/handler";
+import { createSecurityGroupHandler } from "./resources/security-group/handler";
 import { closeAllCellSessions } from "../transport/pool";
 import { ProviderServer } from "./server";
 
@@ -66,6 +68,8 @@ async function main(argv: readonly string[]): Promise<void> {
 
   const server = new ProviderServer({ logger });
   registerResource(createContainerHandler(server.getConfig));
+  registerResource(createSecurityGroupHandler(server.getConfig));
+  registerResource(createNetworkPolicyHandler(server.getConfig));
   const port = await server.listen();
   process.stdout.write(`${port}\n`);
 

@@ -63,6 +63,9 @@ export const PACKAGE_VERSION = "0.1.0";
 export const CONTAINER_TOKEN = "cellfleet:index:Container";
 export const BASTION_TOKEN = "cellfleet:index:Bastion";
 export const CONTAINER_STATUS_TOKEN = "cellfleet:index:ContainerStatus";
+export const SECURITY_GROUP_TOKEN = "cellfleet:index:SecurityGroup";
+export const SECURITY_GROUP_RULE_TOKEN = "cellfleet:index:SecurityGroupRule";
+export const NETWORK_POLICY_TOKEN = "cellfleet:index:NetworkPolicy";
 
 const PIN_NOTE = "Set hostKey or knownHostsFile: cellfleet never trusts a host key it cannot check.";
 
@@ -192,6 +195,52 @@ const CONTAINER_OUTPUTS: Record<string, PropertySpec> = {
   memoryBytes: { type: "integer", description: "Memory limit in bytes, as written to the container's cgroup." },
 };
 
+const SECURITY_GROUP_RULE_PROPERTIES: Record<string, PropertySpec> = {
+  protocol: { type: "string", description: '"tcp", "udp", "icmp" or "all".' },
+  destination: {
+    type: "string",
+    description: 'One IPv4 address, a CIDR, a range "A-B", or a comma list of those, such as "10.0.0.0/8, 192.0.2.10-192.0.2.20".',
+  },
+  ports: { type: "string", description: 'tcp and udp only: a port, a range or a comma list, such as "80, 443" or "8000-8080".' },
+  type: { type: "integer", description: "icmp only: the ICMP type, from -1 (any) to 255." },
+  code: { type: "integer", description: "icmp only: the ICMP code, from -1 (any) to 255." },
+  log: { type: "boolean", description: "tcp only: log the first packet of each new connection." },
+  description: { type: "string", description: "Free text for people." },
+};
+
+const SECURITY_GROUP_INPUTS: Record<string, PropertySpec> = {
+  name: {
+    type: "string",
+    description: "Name of the group on the cell, which containers list in securityGroups. Defaults to the resource name.",
+  },
+  rules: {
+    type: "array",
+    items: { $ref: `#/types/${SECURITY_GROUP_RULE_TOKEN}` },
+    description: "Egress allow rules in the Cloud Foundry application security group format. Give rules or rulesFile.",
+  },
+  rulesFile: {
+    type: "string",
+    description: "Path of a Cloud Foundry security group rules file (a JSON list of rules) on the machine that runs Pulumi.",
+  },
+};
+
+const NETWORK_POLICY_INPUTS: Record<string, PropertySpec> = {
+  source: { type: "string", description: "Id of the container that opens connections. Give source or sourceLabels." },
+  sourceLabels: {
+    type: "object",
+    additionalProperties: { type: "string" },
+    description: 'One label that selects the source containers, such as { app: "web" }.',
+  },
+  destination: { type: "string", description: "Id of the container that accepts connections. Give destination or destinationLabels." },
+  destinationLabels: {
+    type: "object",
+    additionalProperties: { type: "string" },
+    description: "One label that selects the destination containers.",
+  },
+  protocol: { type: "string", default: "tcp", description: '"tcp" or "udp". Defaults to "tcp".' },
+  ports: { type: "string", description: 'Destination port or range, such as "8080" or "8080-8090".' },
+};
+
 export const PACKAGE_SCHEMA: PackageSchema = {
   name: "cellfleet",
   displayName: "cellfleet",
@@ -214,6 +263,12 @@ export const PACKAGE_SCHEMA: PackageSchema = {
       description: "A jump host between Pulumi and the cell. Its host key must be pinned like the cell's.",
       properties: hopProperties("bastion"),
       required: ["host", "privateKey"],
+    },
+    [SECURITY_GROUP_RULE_TOKEN]: {
+      type: "object",
+      description: "One egress allow rule in the Cloud Foundry application security group format.",
+      properties: SECURITY_GROUP_RULE_PROPERTIES,
+      required: ["protocol", "destination"],
     },
     [CONTAINER_STATUS_TOKEN]: {
       type: "string",
@@ -244,6 +299,36 @@ export const PACKAGE_SCHEMA: PackageSchema = {
       ],
       inputProperties: CONTAINER_INPUTS,
       requiredInputs: ["image", "command"],
+    },
+    [SECURITY_GROUP_TOKEN]: {
+      description:
+        "Egress allow rules for the containers bound to it, in the Cloud Foundry security group format. Everything else is rejected; replies pass.",
+      properties: {
+        ...SECURITY_GROUP_INPUTS,
+        name: { ...SECURITY_GROUP_INPUTS.name, description: "Name of the group on the cell." },
+        enforcedRules: {
+          type: "array",
+          items: { $ref: `#/types/${SECURITY_GROUP_RULE_TOKEN}` },
+          description: "The validated rules the cell enforces.",
+        },
+        enforced: { type: "boolean", description: "False when the cell's live ruleset lacks part of these rules, as found by refresh." },
+        drift: { type: "string", description: "What is missing from the live ruleset, when enforced is false." },
+      },
+      required: ["name", "enforcedRules", "enforced"],
+      inputProperties: SECURITY_GROUP_INPUTS,
+      requiredInputs: [],
+    },
+    [NETWORK_POLICY_TOKEN]: {
+      description:
+        "Allows connections from one container (or label) to another on a protocol and port range. Without a policy, containers cannot reach each other.",
+      properties: {
+        ...NETWORK_POLICY_INPUTS,
+        enforced: { type: "boolean", description: "False when the cell's live ruleset lacks this policy, as found by refresh." },
+        drift: { type: "string", description: "What is missing from the live ruleset, when enforced is false." },
+      },
+      required: ["protocol", "ports", "enforced"],
+      inputProperties: NETWORK_POLICY_INPUTS,
+      requiredInputs: ["ports"],
     },
   },
   language: {

@@ -10,7 +10,6 @@ import type { ContainerObservation } from "../../../common/protocol";
 import { cpuSharesForMemory } from "../../../common/resources";
 import { formatByteSize, parseByteSize } from "../../../common/units";
 import type { CellConfig } from "../../../transport/cell-config";
-import { getCellSession, type CellSession } from "../../../transport/pool";
 import {
   CheckFailure,
   DiffResult,
@@ -22,6 +21,7 @@ import {
   UNKNOWN,
 } from "../../resource";
 import { containsUnknowns, unwrapSecrets } from "../../wire";
+import { sessionFor } from "../session";
 import { describeImageProblem, ensureImageOnCell, imageDigest } from "./image";
 
 export const CONTAINER_TOKEN = "cellfleet:index:Container";
@@ -78,11 +78,7 @@ function outputsFor(inputs: PropertyMap, observation: ContainerObservation): Pro
 }
 
 export function createContainerHandler(getConfig: () => CellConfig | undefined): ResourceHandler {
-  async function session(context: OperationContext): Promise<CellSession> {
-    const config = getConfig();
-    if (!config) throw new Error("the cellfleet provider is not configured: set cellfleet:host, privateKey and hostKey (or knownHostsFile)");
-    return getCellSession(config, { log: (message) => context.log.info(message), signal: context.signal });
-  }
+  const session = (context: OperationContext) => sessionFor(getConfig, context);
 
   return {
     token: CONTAINER_TOKEN,

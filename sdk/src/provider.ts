@@ -61,6 +61,16 @@ export interface ProviderArgs {
   dialTimeout?: pulumi.Input<number>;
   /** Further attempts after a refused or timed-out dial, with exponential backoff, from 0 to 100. */
   dialRetries?: pulumi.Input<number>;
+  /**
+   * IPv4 subnet for container addresses on the cell's bridge, with a prefix from 8 to 29. It must
+   * not overlap the cell's own routes, and cannot change while containers exist on the cell.
+   */
+  containerSubnet?: pulumi.Input<string>;
+  /**
+   * Names of security groups bound to every container of the cell, on top of each container's own
+   * securityGroups.
+   */
+  defaultSecurityGroups?: pulumi.Input<pulumi.Input<string>[]>;
 }
 
 /**
@@ -104,6 +114,8 @@ export class Provider extends pulumi.ProviderResource {
     resourceInputs["sudo"] = args?.sudo;
     resourceInputs["dialTimeout"] = args?.dialTimeout;
     resourceInputs["dialRetries"] = args?.dialRetries;
+    resourceInputs["containerSubnet"] = args?.containerSubnet;
+    resourceInputs["defaultSecurityGroups"] = args?.defaultSecurityGroups;
     super(Provider.__pulumiType, name, resourceInputs, opts);
   }
 }

@@ -65,6 +65,17 @@ describe("checkProviderConfig", () => {
     assert.equal((inputs.bastion as Record<string, unknown>).port, 2200);
   });
 
+  it("parses default groups given as JSON text", () => {
+    const { inputs, failures } = checkProviderConfig(validConfig({ defaultSecurityGroups: '["dns", "web"]' }));
+    assert.deepEqual(failures, []);
+    assert.deepEqual(inputs.defaultSecurityGroups, ["dns", "web"]);
+  });
+
+  it("reports an invalid container subnet", () => {
+    const { failures } = checkProviderConfig(validConfig({ containerSubnet: "10.254.0.0/33" }));
+    assert.match(failureFor(failures, "containerSubnet")?.reason ?? "", /IPv4 CIDR with a prefix from 8 to 29/);
+  });
+
   it("reports a missing host key pin", () => {
     const config = validConfig();
     delete config.hostKey;

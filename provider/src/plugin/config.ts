@@ -68,7 +68,7 @@ const NUMBER_TEXT = /^\s*-?\d+(\.\d+)?\s*$/;
 
 /**
  * Converts text to the type the schema expects: "22" to 22, "true" to true,
- * JSON object text to an object. Text that does not convert is returned as
+ * JSON object text to an object, JSON array text to an array. Text that does not convert is returned as
  * it is, so validation reports it with the property name.
  */
 function convertValue(value: PlainValue, spec: TypeReference): PlainValue {
@@ -79,6 +79,14 @@ function convertValue(value: PlainValue, spec: TypeReference): PlainValue {
   }
   if (type.type === "boolean" && typeof value === "string" && (value === "true" || value === "false")) {
     return value === "true";
+  }
+  if (type.type === "array" && typeof value === "string") {
+    try {
+      const parsed = JSON.parse(value) as PlainValue;
+      return Array.isArray(parsed) ? parsed : value;
+    } catch {
+      return value;
+    }
   }
   if (type.type === "object" && type.properties !== undefined) {
     let object: PlainValue = value;

@@ -115,6 +115,18 @@ const CONFIG_PROPERTIES: Record<string, PropertySpec> = {
     default: 5,
     description: "Further attempts after a refused or timed-out dial, with exponential backoff, from 0 to 100.",
   },
+  containerSubnet: {
+    type: "string",
+    default: "10.254.0.0/22",
+    description:
+      "IPv4 subnet for container addresses on the cell's bridge, with a prefix from 8 to 29. It must not overlap the cell's own routes, " +
+      "and cannot change while containers exist on the cell.",
+  },
+  defaultSecurityGroups: {
+    type: "array",
+    items: { type: "string" },
+    description: "Names of security groups bound to every container of the cell, on top of each container's own securityGroups.",
+  },
 };
 
 const CONTAINER_INPUTS: Record<string, PropertySpec> = {

@@ -8,6 +8,7 @@ packages=(
   openssh-server
   openssh-client
   nftables
+  conntrack
   iproute2
   util-linux
   busybox-static

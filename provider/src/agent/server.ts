@@ -9,6 +9,7 @@ import type { AgentErrorBody, AgentMethod, AgentRequest, AgentResponse } from ".
 import { createContainer, deleteContainer, inspectContainer, listContainers, updateContainer } from "./container/engine";
 import { hasImage, importImage } from "./container/image";
 import { AgentFailure } from "./errors";
+import { networkRuleHandlers } from "./network/rules-engine";
 import { cellSettings, ensureLayout, probeCell } from "./settings";
 
 type Handler = (params: never) => Promise<unknown>;
@@ -25,6 +26,7 @@ const HANDLERS: Partial<Record<AgentMethod, Handler>> = {
   "container.update": updateContainer,
   "container.delete": async (params: { id: string }) => deleteContainer(params.id),
   "container.list": () => listContainers(),
+  ...networkRuleHandlers,
 };
 
 function log(message: string): void {

@@ -1,9 +1,8 @@
 /**
  * Security group rules in the Cloud Foundry application security group (ASG)
- * JSON format: a strict parser that the provider runs at `pulumi preview` and
- * the agent runs again before it renders anything, and the pure helpers that
- * turn accepted destinations and ports into the intervals the nftables
- * renderer puts into its sets.
+ * JSON format. The strict parser runs in the provider at `pulumi preview` and
+ * again in the agent before it renders anything. The pure helpers turn
+ * accepted destinations and ports into the intervals of the nftables sets.
  *
  * Every form this parser accepts is one the renderer enforces exactly, so the
  * parser rejects anything it would have to guess about: whitespace inside an
@@ -68,7 +67,7 @@ function quote(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value) : String(value);
 }
 
-/** Formats one problem; the property is the full path, such as `rules[2].ports`. */
+/** Formats one problem. The property is the full path, such as `rules[2].ports`. */
 export function describeProblem(property: string, value: unknown, problem: Problem): string {
   const shown = `${property} ${quote(value)}`;
   switch (problem.code) {
@@ -240,12 +239,12 @@ function unwrap<T>(parsed: Parsed<T>, field: string, value: string): T {
   return parsed.value;
 }
 
-/** Returns the address intervals of a validated destination; throws on one that does not validate. */
+/** Returns the address intervals of a validated destination, and throws on one that does not validate. */
 export function destinationIntervals(destination: string): Interval[] {
   return unwrap(parseDestination(destination), "destination", destination);
 }
 
-/** Returns the port intervals of a validated ports field; throws on one that does not validate. */
+/** Returns the port intervals of a validated ports field, and throws on one that does not validate. */
 export function portIntervals(ports: string): Interval[] {
   return unwrap(parsePorts(ports), "ports", ports);
 }
@@ -365,7 +364,7 @@ function describeIssue(issue: z.core.$ZodIssue): ValidationFailure[] {
   return [{ property, reason: `${property}: ${issue.message}` }];
 }
 
-/** Validates rules in the CF ASG format; returns every problem, each naming the rule index, the field and the value. */
+/** Validates rules in the CF ASG format and returns every problem, each naming the rule index, the field and the value. */
 export function validateSecurityGroupRules(rules: unknown): RuleValidation {
   const result = rulesSchema.safeParse(rules, { reportInput: true });
   if (!result.success) return { ok: false, failures: result.error.issues.flatMap(describeIssue) };

@@ -2,8 +2,56 @@
 // Regenerate with `npx tsc -p . && node dist/scripts/gen-sdk.js` at the repository root.
 import * as pulumi from "@pulumi/pulumi";
 
+/** A token bucket limit on the container's interface, applied to traffic in both directions. */
+export interface BandwidthArgs {
+  /** Rate in bits per second with a decimal unit, such as "10Mbit" (1 kbit = 1000 bit). */
+  rate: pulumi.Input<string>;
+  /**
+   * Bytes that may pass at once after an idle period, such as "64KiB": at least one timer tick of
+   * traffic at the rate and one frame.
+   */
+  burst: pulumi.Input<string>;
+}
+
 /** Observed state of a container's workload. */
 export type ContainerStatus = "running" | "stopped";
+
+/**
+ * A container port published on the cell: traffic to the cell port on any of the cell's addresses
+ * reaches the container port.
+ */
+export interface PortMappingArgs {
+  /** Port inside the container, from 1 to 65535. */
+  containerPort: pulumi.Input<number>;
+  /** Port on the cell, from 1 to 65535. The cell chooses a free one when it is left out. */
+  cellPort?: pulumi.Input<number>;
+  /** "tcp" or "udp". Defaults to "tcp". */
+  protocol?: pulumi.Input<string>;
+}
+
+/** A token bucket limit on the container's interface, applied to traffic in both directions. */
+export interface Bandwidth {
+  /** Rate in bits per second with a decimal unit, such as "10Mbit" (1 kbit = 1000 bit). */
+  rate: string;
+  /**
+   * Bytes that may pass at once after an idle period, such as "64KiB": at least one timer tick of
+   * traffic at the rate and one frame.
+   */
+  burst: string;
+}
+
+/**
+ * A container port published on the cell: traffic to the cell port on any of the cell's addresses
+ * reaches the container port.
+ */
+export interface PortMapping {
+  /** Port inside the container, from 1 to 65535. */
+  containerPort: number;
+  /** Port on the cell, from 1 to 65535. The cell chooses a free one when it is left out. */
+  cellPort?: number;
+  /** "tcp" or "udp". Defaults to "tcp". */
+  protocol?: string;
+}
 
 /** The arguments of a Container. */
 export interface ContainerArgs {
@@ -56,6 +104,17 @@ export interface ContainerArgs {
    * ["ptrace"].
    */
   seccompDeny?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Container ports published on the cell's addresses. A cell port already in use is rejected. */
+  ports?: pulumi.Input<pulumi.Input<PortMappingArgs>[]>;
+  /** Rate limit of the container's network interface, in both directions. */
+  bandwidth?: pulumi.Input<BandwidthArgs>;
+  /**
+   * Names of SecurityGroup resources whose rules allow this container's egress, on top of the
+   * cell's default groups.
+   */
+  securityGroups?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Labels that NetworkPolicy resources select containers by, such as { app: "web" }. */
+  labels?: pulumi.Input<{ [key: string]: pulumi.Input<string> }>;
 }
 
 /** The recorded state of a Container, for Container.get. */
@@ -109,6 +168,17 @@ export interface ContainerState {
    * ["ptrace"].
    */
   seccompDeny?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Container ports published on the cell's addresses. A cell port already in use is rejected. */
+  ports?: pulumi.Input<pulumi.Input<PortMappingArgs>[]>;
+  /** Rate limit of the container's network interface, in both directions. */
+  bandwidth?: pulumi.Input<BandwidthArgs>;
+  /**
+   * Names of SecurityGroup resources whose rules allow this container's egress, on top of the
+   * cell's default groups.
+   */
+  securityGroups?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Labels that NetworkPolicy resources select containers by, such as { app: "web" }. */
+  labels?: pulumi.Input<{ [key: string]: pulumi.Input<string> }>;
   /** Id of the container on the cell; the same value as the resource id. */
   containerId?: pulumi.Input<string>;
   /** Whether the workload is running, as last observed. */
@@ -131,6 +201,15 @@ export interface ContainerState {
   imageDigest?: pulumi.Input<string>;
   /** Memory limit in bytes, as written to the container's cgroup. */
   memoryBytes?: pulumi.Input<number>;
+  /**
+   * IPv4 address of the container on the cell's bridge. Unset when the cell has no container
+   * network, or when refresh found it broken.
+   */
+  address?: pulumi.Input<string>;
+  /** True once the container was given a network interface at creation. */
+  networkAttached?: pulumi.Input<boolean>;
+  /** Published ports, each with the cell port in use, including ports the cell chose. */
+  publishedPorts?: pulumi.Input<pulumi.Input<PortMappingArgs>[]>;
 }
 
 /**
@@ -201,6 +280,17 @@ export class Container extends pulumi.CustomResource {
    * ["ptrace"].
    */
   declare public readonly seccompDeny: pulumi.Output<string[] | undefined>;
+  /** Container ports published on the cell's addresses. A cell port already in use is rejected. */
+  declare public readonly ports: pulumi.Output<PortMapping[] | undefined>;
+  /** Rate limit of the container's network interface, in both directions. */
+  declare public readonly bandwidth: pulumi.Output<Bandwidth | undefined>;
+  /**
+   * Names of SecurityGroup resources whose rules allow this container's egress, on top of the
+   * cell's default groups.
+   */
+  declare public readonly securityGroups: pulumi.Output<string[] | undefined>;
+  /** Labels that NetworkPolicy resources select containers by, such as { app: "web" }. */
+  declare public readonly labels: pulumi.Output<{ [key: string]: string } | undefined>;
   /** Id of the container on the cell; the same value as the resource id. */
   declare public readonly containerId: pulumi.Output<string>;
   /** Whether the workload is running, as last observed. */
@@ -223,6 +313,15 @@ export class Container extends pulumi.CustomResource {
   declare public readonly imageDigest: pulumi.Output<string>;
   /** Memory limit in bytes, as written to the container's cgroup. */
   declare public readonly memoryBytes: pulumi.Output<number>;
+  /**
+   * IPv4 address of the container on the cell's bridge. Unset when the cell has no container
+   * network, or when refresh found it broken.
+   */
+  declare public readonly address: pulumi.Output<string | undefined>;
+  /** True once the container was given a network interface at creation. */
+  declare public readonly networkAttached: pulumi.Output<boolean | undefined>;
+  /** Published ports, each with the cell port in use, including ports the cell chose. */
+  declare public readonly publishedPorts: pulumi.Output<PortMapping[] | undefined>;
 
   constructor(name: string, args: ContainerArgs, opts?: pulumi.CustomResourceOptions);
   constructor(name: string, argsOrState?: ContainerArgs | ContainerState, opts?: pulumi.CustomResourceOptions);
@@ -240,6 +339,10 @@ export class Container extends pulumi.CustomResource {
       resourceInputs["diskQuota"] = state?.diskQuota;
       resourceInputs["privileged"] = state?.privileged;
       resourceInputs["seccompDeny"] = state?.seccompDeny;
+      resourceInputs["ports"] = state?.ports;
+      resourceInputs["bandwidth"] = state?.bandwidth;
+      resourceInputs["securityGroups"] = state?.securityGroups;
+      resourceInputs["labels"] = state?.labels;
       resourceInputs["containerId"] = state?.containerId;
       resourceInputs["status"] = state?.status;
       resourceInputs["reason"] = state?.reason;
@@ -248,6 +351,9 @@ export class Container extends pulumi.CustomResource {
       resourceInputs["startedAt"] = state?.startedAt;
       resourceInputs["imageDigest"] = state?.imageDigest;
       resourceInputs["memoryBytes"] = state?.memoryBytes;
+      resourceInputs["address"] = state?.address;
+      resourceInputs["networkAttached"] = state?.networkAttached;
+      resourceInputs["publishedPorts"] = state?.publishedPorts;
     } else {
       const args = argsOrState as ContainerArgs | undefined;
       if (args?.image === undefined && !opts.urn) throw new Error("Missing required property 'image'");
@@ -262,6 +368,10 @@ export class Container extends pulumi.CustomResource {
       resourceInputs["diskQuota"] = args?.diskQuota;
       resourceInputs["privileged"] = args?.privileged;
       resourceInputs["seccompDeny"] = args?.seccompDeny;
+      resourceInputs["ports"] = args?.ports;
+      resourceInputs["bandwidth"] = args?.bandwidth;
+      resourceInputs["securityGroups"] = args?.securityGroups;
+      resourceInputs["labels"] = args?.labels;
       resourceInputs["containerId"] = undefined;
       resourceInputs["status"] = undefined;
       resourceInputs["reason"] = undefined;
@@ -270,6 +380,9 @@ export class Container extends pulumi.CustomResource {
       resourceInputs["startedAt"] = undefined;
       resourceInputs["imageDigest"] = undefined;
       resourceInputs["memoryBytes"] = undefined;
+      resourceInputs["address"] = undefined;
+      resourceInputs["networkAttached"] = undefined;
+      resourceInputs["publishedPorts"] = undefined;
     }
     // Outputs that the schema marks secret; inputs passed as secrets stay secret without being listed.
     const secretOpts: pulumi.CustomResourceOptions = { additionalSecretOutputs: [] };

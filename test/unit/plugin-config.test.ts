@@ -73,7 +73,7 @@ describe("checkProviderConfig", () => {
 
   it("reports an invalid container subnet", () => {
     const { failures } = checkProviderConfig(validConfig({ containerSubnet: "10.254.0.0/33" }));
-    assert.match(failureFor(failures, "containerSubnet")?.reason ?? "", /IPv4 CIDR with a prefix from 8 to 29/);
+    assert.match(failureFor(failures, "containerSubnet")?.reason ?? "", /containerSubnet "10.254.0.0\/33" is not an IPv4 CIDR/);
   });
 
   it("reports a missing host key pin", () => {

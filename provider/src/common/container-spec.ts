@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 
+import { containerNetworkShape, RATE_EXAMPLES } from "./network-spec";
 import { cpuSharesForMemory } from "./resources";
 import { X86_64_SYSCALLS } from "./syscalls";
 import { parseByteSize, SIZE_EXAMPLES } from "./units";
@@ -102,6 +103,7 @@ export const containerInputsSchema = z
           }
         });
       }),
+    ...containerNetworkShape,
   })
   .strict();
 
@@ -117,7 +119,8 @@ export interface ValidationFailure {
 export function validateContainerInputs(
   inputs: unknown,
 ): { ok: true; spec: ContainerSpec } | { ok: false; failures: ValidationFailure[] } {
-  const result = containerInputsSchema.safeParse(inputs);
+  // reportInput lets describeIssue tell a missing value from one of the wrong type.
+  const result = containerInputsSchema.safeParse(inputs, { reportInput: true });
   if (result.success) return { ok: true, spec: result.data };
   return { ok: false, failures: result.error.issues.map(describeIssue) };
 }
@@ -131,11 +134,11 @@ function describeIssue(issue: z.core.$ZodIssue): ValidationFailure {
         reason: `unknown input ${issue.keys.map((key) => JSON.stringify(key)).join(", ")}: check the spelling against the Container schema`,
       };
     case "invalid_type":
-      return {
-        property,
-        reason: issue.input === undefined ? `${property} is required` : `${property} must be ${issue.expected}, not ${typeof issue.input}`,
-      };
+      if (issue.input === undefined) return { property, reason: `${property} is required` };
+      if (issue.expected === "int") return { property, reason: `${property} must be a whole number, not ${JSON.stringify(issue.input)}` };
+      return { property, reason: `${property} must be ${issue.expected}, not ${typeof issue.input}` };
     case "invalid_union":
+      if (property === "bandwidth.rate") return { property, reason: `${property} must be a string such as ${RATE_EXAMPLES}, or a number of bits per second` };
       return { property, reason: `${property} must be a string such as ${SIZE_EXAMPLES}, or a number of bytes` };
     default:
       return { property, reason: issue.message };

@@ -56,6 +56,12 @@ export interface CreateContainerParams {
   id: string;
   imageDigest: string;
   spec: Omit<ContainerInputs, "image">;
+  /**
+   * The cell's container network from the provider configuration. The agent
+   * stores it on the cell the first time; without it, a cell that has no
+   * stored settings gives containers only a loopback interface.
+   */
+  network?: { subnet: string; defaultSecurityGroups: string[] };
 }
 
 export type ContainerStatus = "running" | "stopped";

@@ -66,6 +66,8 @@ export const CONTAINER_STATUS_TOKEN = "cellfleet:index:ContainerStatus";
 export const SECURITY_GROUP_TOKEN = "cellfleet:index:SecurityGroup";
 export const SECURITY_GROUP_RULE_TOKEN = "cellfleet:index:SecurityGroupRule";
 export const NETWORK_POLICY_TOKEN = "cellfleet:index:NetworkPolicy";
+export const PORT_MAPPING_TOKEN = "cellfleet:index:PortMapping";
+export const BANDWIDTH_TOKEN = "cellfleet:index:Bandwidth";
 
 const PIN_NOTE = "Set hostKey or knownHostsFile: cellfleet never trusts a host key it cannot check.";
 
@@ -183,6 +185,25 @@ const CONTAINER_INPUTS: Record<string, PropertySpec> = {
     items: { type: "string" },
     description: 'Further system calls to deny, by x86_64 name, on top of the built-in seccomp deny list, such as ["ptrace"].',
   },
+  ports: {
+    type: "array",
+    items: { $ref: `#/types/${PORT_MAPPING_TOKEN}` },
+    description: "Container ports published on the cell's addresses. A cell port already in use is rejected.",
+  },
+  bandwidth: {
+    $ref: `#/types/${BANDWIDTH_TOKEN}`,
+    description: "Rate limit of the container's network interface, in both directions.",
+  },
+  securityGroups: {
+    type: "array",
+    items: { type: "string" },
+    description: "Names of SecurityGroup resources whose rules allow this container's egress, on top of the cell's default groups.",
+  },
+  labels: {
+    type: "object",
+    additionalProperties: { type: "string" },
+    description: 'Labels that NetworkPolicy resources select containers by, such as { app: "web" }.',
+  },
 };
 
 const CONTAINER_OUTPUTS: Record<string, PropertySpec> = {
@@ -205,6 +226,16 @@ const CONTAINER_OUTPUTS: Record<string, PropertySpec> = {
   startedAt: { type: "string", description: "When the container was started, as an ISO 8601 timestamp in UTC." },
   imageDigest: { type: "string", description: "Content digest of the image on the cell, which names the imported image there." },
   memoryBytes: { type: "integer", description: "Memory limit in bytes, as written to the container's cgroup." },
+  address: {
+    type: "string",
+    description: "IPv4 address of the container on the cell's bridge. Unset when the cell has no container network, or when refresh found it broken.",
+  },
+  networkAttached: { type: "boolean", description: "True once the container was given a network interface at creation." },
+  publishedPorts: {
+    type: "array",
+    items: { $ref: `#/types/${PORT_MAPPING_TOKEN}` },
+    description: "Published ports, each with the cell port in use, including ports the cell chose.",
+  },
 };
 
 const SECURITY_GROUP_RULE_PROPERTIES: Record<string, PropertySpec> = {
@@ -281,6 +312,28 @@ export const PACKAGE_SCHEMA: PackageSchema = {
       description: "One egress allow rule in the Cloud Foundry application security group format.",
       properties: SECURITY_GROUP_RULE_PROPERTIES,
       required: ["protocol", "destination"],
+    },
+    [PORT_MAPPING_TOKEN]: {
+      type: "object",
+      description: "A container port published on the cell: traffic to the cell port on any of the cell's addresses reaches the container port.",
+      properties: {
+        containerPort: { type: "integer", description: "Port inside the container, from 1 to 65535." },
+        cellPort: { type: "integer", description: "Port on the cell, from 1 to 65535. The cell chooses a free one when it is left out." },
+        protocol: { type: "string", default: "tcp", description: '"tcp" or "udp". Defaults to "tcp".' },
+      },
+      required: ["containerPort"],
+    },
+    [BANDWIDTH_TOKEN]: {
+      type: "object",
+      description: "A token bucket limit on the container's interface, applied to traffic in both directions.",
+      properties: {
+        rate: { type: "string", description: 'Rate in bits per second with a decimal unit, such as "10Mbit" (1 kbit = 1000 bit).' },
+        burst: {
+          type: "string",
+          description: 'Bytes that may pass at once after an idle period, such as "64KiB": at least one timer tick of traffic at the rate and one frame.',
+        },
+      },
+      required: ["rate", "burst"],
     },
     [CONTAINER_STATUS_TOKEN]: {
       type: "string",

@@ -4,18 +4,10 @@
  */
 import { z } from "zod";
 
+import { cellNetworkConfigShape } from "../common/network-spec";
+
 const FINGERPRINT_PATTERN = /^SHA256:[A-Za-z0-9+/]{43}=?$/;
 const PUBLIC_KEY_PATTERN = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,2}( .*)?$/;
-
-const CIDR_PATTERN = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/;
-
-function cidrIsValid(cidr: string): boolean {
-  const match = CIDR_PATTERN.exec(cidr);
-  if (!match) return false;
-  const octets = match.slice(1, 5).map(Number);
-  const prefix = Number(match[5]);
-  return octets.every((octet) => octet <= 255) && prefix >= 8 && prefix <= 29;
-}
 
 const hostKeyPin = z
   .string()
@@ -58,15 +50,8 @@ export const cellConfigSchema = z
     dialTimeout: z.number().positive().max(600).default(15),
     /** Further attempts after a refused or timed-out dial, with exponential backoff. */
     dialRetries: z.number().int().min(0).max(100).default(5),
-    /** IPv4 subnet for container addresses on the cell's bridge. */
-    containerSubnet: z
-      .string()
-      .default("10.254.0.0/22")
-      .refine((cidr) => CIDR_PATTERN.test(cidr) && cidrIsValid(cidr), {
-        message: 'containerSubnet must be an IPv4 CIDR with a prefix from 8 to 29, such as "10.254.0.0/22"',
-      }),
-    /** Security groups bound to every container of the cell. */
-    defaultSecurityGroups: z.array(z.string().min(1)).default([]),
+    /** The container subnet and the security groups bound to every container. */
+    ...cellNetworkConfigShape,
   })
   .strict()
   .refine((value) => value.hostKey !== undefined || value.knownHostsFile !== undefined, {

@@ -10,11 +10,13 @@ import path from "node:path";
 import { promisify } from "node:util";
 
 import { containerInputsSchema, type ContainerSpec } from "../../common/container-spec";
+import type { PortMapping } from "../../common/network-state";
 import { CELL_PATHS, ContainerObservation, CreateContainerParams } from "../../common/protocol";
 import { cpuSharesForMemory, MAPPED_ROOT_ID } from "../../common/resources";
 import { AgentFailure, step } from "../errors";
 import { exists, readJson, writeFileAtomic } from "../files";
 import { withLock } from "../lock";
+import { type NetworkRequest, plumbing } from "../network/plumbing";
 import { cellSettings } from "../settings";
 import * as cgroups from "./cgroup";
 import { ensurePrivilegedRootfs, hasImage, imageRootfs } from "./image";
@@ -41,6 +43,8 @@ interface ContainerRecord {
   pidStartTime: string;
   cgroup: cgroups.ContainerCgroup;
   quota?: { bytes: number; imageFile: string; mountPoint: string };
+  /** The container's network when it has one; the attachment file under network/containers/ contains the rest. */
+  network?: { address: string; hostInterface: string; ports: PortMapping[] };
 }
 
 function containerDirectory(id: string): string {
@@ -58,6 +62,8 @@ interface ValidRequest {
   id: string;
   imageDigest: string;
   spec: Omit<ContainerSpec, "image">;
+  /** Cell network settings; not part of the request hash, because they belong to the cell. */
+  network?: NetworkRequest;
 }
 
 function hashRequest(params: ValidRequest): string {
@@ -72,7 +78,7 @@ export async function createContainer(params: CreateContainerParams): Promise<Co
     throw new AgentFailure("INVALID_REQUEST", "validate container spec", parsed.error.issues.map((issue) => `${issue.path.join(".")}: ${issue.message}`).join("; "));
   }
 
-  const request = { id: params.id, imageDigest: params.imageDigest, spec: parsed.data };
+  const request = { id: params.id, imageDigest: params.imageDigest, spec: parsed.data, network: params.network };
   return withLock(`container-${params.id}`, async () => {
     const existing = await readRecord(params.id);
     if (existing) {
@@ -99,8 +105,12 @@ async function buildContainer(params: ValidRequest): Promise<ContainerRecord> {
   const layerOwner = spec.privileged ? 0 : MAPPED_ROOT_ID;
   let cgroup: cgroups.ContainerCgroup | undefined;
   let quota: ContainerRecord["quota"];
+  let network: ContainerRecord["network"];
 
   try {
+    // Decided before anything is made, so a spec that needs a network fails early on a cell without one.
+    const networked = await step("check container network", "INVALID_REQUEST", () => plumbing().planned(id, params.network, spec));
+
     await step("create container directory", "INTERNAL", async () => {
       // 0711: the container init runs as the mapped root id and must traverse to its layers, but not list them.
       await fs.mkdir(directory, { mode: 0o711 });
@@ -149,8 +159,16 @@ async function buildContainer(params: ValidRequest): Promise<ContainerRecord> {
           stderrPath: path.join(directory, "stderr.log"),
           exitStatusPath: path.join(directory, "exit-status"),
           agentScript: process.argv[1],
+          // The workload waits for this: it must not run before its interface, limits and rules exist.
+          beforeExec: networked
+            ? async (pid) => {
+                const attachment = await plumbing().attach({ id, pid, network: params.network, spec });
+                if (attachment) network = { address: attachment.address, hostInterface: attachment.hostInterface, ports: attachment.ports };
+              }
+            : undefined,
         });
       } catch (error) {
+        if (error instanceof AgentFailure) throw error;
         const initStep = (error as { initStep?: string }).initStep;
         throw new AgentFailure("CONTAINER_START_FAILED", initStep ? `container init: ${initStep}` : "start container", (error as Error).message, { cause: error });
       }
@@ -171,6 +189,7 @@ async function buildContainer(params: ValidRequest): Promise<ContainerRecord> {
       pidStartTime: (await processStartTime(launched.pid)) ?? "",
       cgroup,
       quota,
+      network,
     };
     await step("write container state", "INTERNAL", () => writeFileAtomic(path.join(directory, "state.json"), JSON.stringify(record, null, 2)));
     return record;
@@ -266,6 +285,7 @@ async function observe(record: ContainerRecord): Promise<ContainerObservation> {
     workingDir: record.spec.workingDir,
     user: record.spec.user,
   };
+  if (record.network) await observeNetwork(record, running, observation);
   if (!running) {
     observation.reason = await stopReason(record);
     return observation;
@@ -276,6 +296,27 @@ async function observe(record: ContainerRecord): Promise<ContainerObservation> {
   const hostname = await readHostname(record.pid);
   if (hostname) observation.hostname = hostname;
   return observation;
+}
+
+/**
+ * Adds the address and ports to an observation. A running container whose
+ * veth, eth0 address or bandwidth limits are gone is reported without an
+ * address, which the provider shows as drift. A stopped container has lost
+ * its veth with its network namespace, so only its ports are reported.
+ */
+async function observeNetwork(record: ContainerRecord, running: boolean, observation: ContainerObservation): Promise<void> {
+  const inspection = await plumbing().inspect(record.id, running ? record.pid : undefined);
+  if (!inspection) {
+    process.stderr.write(`${new Date().toISOString()} container ${record.id}: its network attachment file is missing\n`);
+    return;
+  }
+  observation.ports = inspection.attachment.ports;
+  if (!running) return;
+  if (inspection.drift.length) {
+    process.stderr.write(`${new Date().toISOString()} container ${record.id}: network drift: ${inspection.drift.join("; ")}\n`);
+    return;
+  }
+  observation.address = inspection.attachment.address;
 }
 
 /** Writes new memory and CPU limits into the running container's cgroups. */
@@ -339,6 +380,8 @@ async function removeContainerResources(
     });
     await step("remove cgroup", "CGROUP_FAILED", () => cgroups.removeCgroup(cgroup));
   }
+  // After the processes: the veth pair went away with the container's network namespace, and no packet can start a new connection.
+  await step("detach network", "INTERNAL", () => plumbing().detach(id));
   // The overlay and /proc mounts lived in the container's own mount namespace and went with its last process.
   if (quota) await step("unmount disk quota filesystem", "INTERNAL", () => unmountQuotaFilesystem(quota.mountPoint));
   await step("remove container directory", "INTERNAL", () => fs.rm(containerDirectory(id), { recursive: true, force: true }));

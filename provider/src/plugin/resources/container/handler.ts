@@ -27,10 +27,25 @@ import { describeImageProblem, ensureImageOnCell, imageDigest } from "./image";
 export const CONTAINER_TOKEN = "cellfleet:index:Container";
 
 /** Inputs whose change needs a new container: they are fixed when the container starts. */
-const REPLACE_ON_CHANGE = ["command", "env", "workingDir", "user", "hostname", "diskQuota"] as const;
+const REPLACE_ON_CHANGE = [
+  "command",
+  "env",
+  "workingDir",
+  "user",
+  "hostname",
+  "diskQuota",
+  "privileged",
+  "seccompDeny",
+  // NOTE: the network is attached when the container starts; changing these
+  // replaces the container, though rebinding groups in place would be possible.
+  "ports",
+  "bandwidth",
+  "securityGroups",
+  "labels",
+] as const;
 
 /** Outputs computed on the cell, unknown during a preview of a create. */
-const COMPUTED_OUTPUTS = ["containerId", "status", "pid", "startedAt", "imageDigest", "hostname"] as const;
+const COMPUTED_OUTPUTS = ["containerId", "status", "pid", "startedAt", "imageDigest", "hostname", "address", "publishedPorts"] as const;
 
 /** Builds a container id from the resource name plus a random suffix, so a replacement never collides with the container it replaces. */
 export function containerIdFor(urn: string): string {
@@ -74,6 +89,15 @@ function outputsFor(inputs: PropertyMap, observation: ContainerObservation): Pro
   outputs.hostname = observation.hostname;
   if (observation.reason !== undefined) outputs.reason = observation.reason;
   else delete outputs.reason;
+  if (observation.address !== undefined) {
+    outputs.address = observation.address;
+    outputs.networkAttached = true;
+  } else {
+    // networkAttached stays from the state, so a lost address shows as drift.
+    delete outputs.address;
+  }
+  // Kept apart from the ports input, whose cellPort may be left to the cell.
+  if (observation.ports !== undefined) outputs.publishedPorts = observation.ports as unknown as PropertyValue;
   return outputs;
 }
 
@@ -130,6 +154,13 @@ export function createContainerHandler(getConfig: () => CellConfig | undefined):
       const liveMemory = oldValues.memoryBytes as number | undefined;
       if (newValues.memory === UNKNOWN || newMemory !== liveMemory) detailedDiff.memory = { kind: "update", inputDiff: true };
 
+      // A network found broken by refresh (veth, address or limits gone) is
+      // repaired the same way as a stopped container: by a new container.
+      if (oldValues.networkAttached === true && oldValues.address === undefined) {
+        detailedDiff.address = { kind: "update-replace", inputDiff: false };
+        replaces.push("address");
+      }
+
       // A container found stopped by refresh is started anew, which is how `pulumi up` repairs it.
       if (oldValues.status === "stopped") {
         detailedDiff.status = { kind: "update-replace", inputDiff: false };
@@ -158,7 +189,9 @@ export function createContainerHandler(getConfig: () => CellConfig | undefined):
       await ensureImageOnCell(cell, image, digest);
       const id = containerIdFor(context.urn);
       context.log.info(`creating container ${id} on ${cell.connection.label}`);
-      const observation = await cell.agent.call("container.create", { id, imageDigest: digest, spec });
+      const config = getConfig()!;
+      const network = { subnet: config.containerSubnet, defaultSecurityGroups: config.defaultSecurityGroups };
+      const observation = await cell.agent.call("container.create", { id, imageDigest: digest, spec, network });
       return { id, outputs: outputsFor(inputs, observation) };
     },
 
@@ -199,7 +232,22 @@ export function createContainerHandler(getConfig: () => CellConfig | undefined):
   };
 }
 
-const INPUT_NAMES = ["image", "command", "env", "workingDir", "user", "hostname", "memory", "diskQuota"];
+const INPUT_NAMES = [
+  "image",
+  "command",
+  "env",
+  "workingDir",
+  "user",
+  "hostname",
+  "memory",
+  "diskQuota",
+  "privileged",
+  "seccompDeny",
+  "ports",
+  "bandwidth",
+  "securityGroups",
+  "labels",
+];
 
 /** Recovers inputs from state, for a read during import when the engine has no inputs. */
 function pickInputs(state: PropertyMap): PropertyMap {

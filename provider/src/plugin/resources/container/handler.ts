@@ -21,6 +21,7 @@ import {
   UNKNOWN,
 } from "../../resource";
 import { containsUnknowns, unwrapSecrets } from "../../wire";
+import { sameValue } from "../compare";
 import { sessionFor } from "../session";
 import { describeImageProblem, ensureImageOnCell, imageDigest } from "./image";
 
@@ -43,6 +44,18 @@ const REPLACE_ON_CHANGE = [
   "securityGroups",
   "labels",
 ] as const;
+
+/** Values that the agent applies for inputs left out, so leaving one out matches its recorded value. */
+const INPUT_DEFAULTS: Partial<Record<(typeof REPLACE_ON_CHANGE)[number], unknown>> = {
+  env: {},
+  workingDir: "/",
+  user: "0",
+  privileged: false,
+  seccompDeny: [],
+  ports: [],
+  securityGroups: [],
+  labels: {},
+};
 
 /** Outputs computed on the cell, unknown during a preview of a create. */
 const COMPUTED_OUTPUTS = ["containerId", "status", "pid", "startedAt", "imageDigest", "hostname", "address", "publishedPorts"] as const;
@@ -71,9 +84,6 @@ function plainInputs(inputs: PropertyMap): Record<string, unknown> {
   return unwrapSecrets(inputs).values as Record<string, unknown>;
 }
 
-function equalValues(left: unknown, right: unknown): boolean {
-  return JSON.stringify(left ?? null) === JSON.stringify(right ?? null);
-}
 
 /** The outputs of a container: its inputs as given plus what the cell reports. */
 function outputsFor(inputs: PropertyMap, observation: ContainerObservation): PropertyMap {
@@ -127,11 +137,12 @@ export function createContainerHandler(getConfig: () => CellConfig | undefined):
       const newValues = plainInputs(news);
 
       for (const property of REPLACE_ON_CHANGE) {
-        let before = oldValues[property];
-        const after = newValues[property];
+        // An input left out means its default, which the outputs record as a value.
+        let before = oldValues[property] ?? INPUT_DEFAULTS[property];
+        const after = newValues[property] === UNKNOWN ? UNKNOWN : (newValues[property] ?? INPUT_DEFAULTS[property]);
         // Without an explicit hostname the container id is the hostname.
         if (property === "hostname" && after === undefined && before === oldValues.containerId) before = undefined;
-        if (after === UNKNOWN || !equalValues(before, after)) {
+        if (after === UNKNOWN || !sameValue(before, after)) {
           detailedDiff[property] = { kind: before === undefined ? "add-replace" : after === undefined ? "delete-replace" : "update-replace", inputDiff: true };
           replaces.push(property);
         }

@@ -10,6 +10,7 @@ import type { PolicyObservation } from "../../../common/protocol";
 import type { CellConfig } from "../../../transport/cell-config";
 import { DiffResult, PropertyMap, ResourceHandler, UNKNOWN } from "../../resource";
 import { containsUnknowns, unwrapSecrets } from "../../wire";
+import { sameValue } from "../compare";
 import { sessionFor } from "../session";
 
 export const NETWORK_POLICY_TOKEN = "cellfleet:index:NetworkPolicy";
@@ -50,7 +51,7 @@ export function createNetworkPolicyHandler(getConfig: () => CellConfig | undefin
       const newValues = unwrapSecrets(news).values as Record<string, unknown>;
       const detailedDiff: DiffResult["detailedDiff"] = {};
       for (const property of INPUT_NAMES) {
-        if (JSON.stringify(oldValues[property] ?? null) !== JSON.stringify(newValues[property] ?? null)) detailedDiff[property] = { kind: "update", inputDiff: true };
+        if (!sameValue(oldValues[property], newValues[property])) detailedDiff[property] = { kind: "update", inputDiff: true };
       }
       if (oldValues.enforced === false) detailedDiff.enforced = { kind: "update", inputDiff: false };
       return { changes: Object.keys(detailedDiff).length > 0, replaces: [], detailedDiff, deleteBeforeReplace: false };

@@ -12,6 +12,7 @@ import type { SecurityGroupObservation } from "../../../common/protocol";
 import type { CellConfig } from "../../../transport/cell-config";
 import { CheckFailure, DiffResult, PropertyMap, ResourceHandler, UNKNOWN } from "../../resource";
 import { containsUnknowns, unwrapSecrets } from "../../wire";
+import { sameValue } from "../compare";
 import { sessionFor } from "../session";
 
 export const SECURITY_GROUP_TOKEN = "cellfleet:index:SecurityGroup";
@@ -77,12 +78,12 @@ export function createSecurityGroupHandler(getConfig: () => CellConfig | undefin
         replaces.push("name");
       }
       for (const property of ["rules", "rulesFile"]) {
-        if (JSON.stringify(oldValues[property] ?? null) !== JSON.stringify(newValues[property] ?? null)) detailedDiff[property] = { kind: "update", inputDiff: true };
+        if (!sameValue(oldValues[property], newValues[property])) detailedDiff[property] = { kind: "update", inputDiff: true };
       }
       // A file's contents may change while its path stays the same.
       if (newValues.rulesFile !== undefined && !containsUnknowns(news)) {
         const validated = await validateInputRules(newValues);
-        if (validated.ok && JSON.stringify(validated.rules) !== JSON.stringify(oldValues.enforcedRules)) detailedDiff.rulesFile = { kind: "update", inputDiff: true };
+        if (validated.ok && !sameValue(validated.rules, oldValues.enforcedRules)) detailedDiff.rulesFile = { kind: "update", inputDiff: true };
       }
       // Rules deleted from the cell by hand: refresh reports enforced false, and an update puts them back.
       if (oldValues.enforced === false) detailedDiff.enforced = { kind: "update", inputDiff: false };

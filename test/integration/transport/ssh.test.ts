@@ -81,9 +81,11 @@ describe("CellConnection against a real sshd", function () {
       const controller = new AbortController();
       const started = Date.now();
       const running = connection.exec(`echo $$ > ${pidFile}; exec sleep 30`, { signal: controller.signal });
-      setTimeout(() => controller.abort(), 300);
+      // Abort once the remote command runs; a fixed delay raced a slow session start on a busy machine.
+      for (let poll = 0; poll < 100 && !existsSync(pidFile); poll++) await delay(50);
+      controller.abort();
       await assert.rejects(running, { name: "AbortError" });
-      assert.ok(Date.now() - started < 5000);
+      assert.ok(Date.now() - started < 10000);
 
       // The pid is in sshd's PID namespace, so the check runs there too.
       const pid = readFileSync(pidFile, "utf8").trim();

@@ -251,7 +251,14 @@ async function readHostname(pid: number): Promise<string | undefined> {
 
 async function stopReason(record: ContainerRecord): Promise<string> {
   if (await cgroups.wasOomKilled(record.cgroup).catch(() => false)) return "killed by the kernel for exceeding its memory limit";
-  const status = await fs.readFile(path.join(containerDirectory(record.id), "exit-status"), "utf8").catch(() => undefined);
+  const statusFile = path.join(containerDirectory(record.id), "exit-status");
+  // The reaper writes the status just after the workload exits; a read in
+  // between would wrongly report the container as killed from outside.
+  const deadline = Date.now() + 2_000;
+  while (!(await exists(statusFile)) && (await alive(record.reaperPid, record.reaperStartTime)) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  const status = await fs.readFile(statusFile, "utf8").catch(() => undefined);
   if (status === undefined) return "its processes are gone and no exit status was recorded (killed from outside?)";
   const code = Number(status.trim());
   return code > 128 ? `killed by signal ${code - 128}` : `exited with code ${code}`;

@@ -34,7 +34,7 @@ export interface NetworkPolicyState {
   ports?: pulumi.Input<string>;
   /** False when the cell's live ruleset lacks this policy, as found by refresh. */
   enforced?: pulumi.Input<boolean>;
-  /** What is missing from the live ruleset, when enforced is false. */
+  /** The part of the rules missing from the live ruleset, when enforced is false. */
   drift?: pulumi.Input<string>;
 }
 
@@ -71,7 +71,7 @@ export class NetworkPolicy extends pulumi.CustomResource {
   declare public readonly ports: pulumi.Output<string>;
   /** False when the cell's live ruleset lacks this policy, as found by refresh. */
   declare public readonly enforced: pulumi.Output<boolean>;
-  /** What is missing from the live ruleset, when enforced is false. */
+  /** The part of the rules missing from the live ruleset, when enforced is false. */
   declare public readonly drift: pulumi.Output<string | undefined>;
 
   constructor(name: string, args: NetworkPolicyArgs, opts?: pulumi.CustomResourceOptions);

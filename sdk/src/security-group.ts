@@ -81,7 +81,7 @@ export interface SecurityGroupState {
   enforcedRules?: pulumi.Input<pulumi.Input<SecurityGroupRuleArgs>[]>;
   /** False when the cell's live ruleset lacks part of these rules, as found by refresh. */
   enforced?: pulumi.Input<boolean>;
-  /** What is missing from the live ruleset, when enforced is false. */
+  /** The part of the rules missing from the live ruleset, when enforced is false. */
   drift?: pulumi.Input<string>;
 }
 
@@ -120,7 +120,7 @@ export class SecurityGroup extends pulumi.CustomResource {
   declare public readonly enforcedRules: pulumi.Output<SecurityGroupRule[]>;
   /** False when the cell's live ruleset lacks part of these rules, as found by refresh. */
   declare public readonly enforced: pulumi.Output<boolean>;
-  /** What is missing from the live ruleset, when enforced is false. */
+  /** The part of the rules missing from the live ruleset, when enforced is false. */
   declare public readonly drift: pulumi.Output<string | undefined>;
 
   constructor(name: string, args: SecurityGroupArgs, opts?: pulumi.CustomResourceOptions);

@@ -377,7 +377,7 @@ export const PACKAGE_SCHEMA: PackageSchema = {
           description: "The validated rules the cell enforces.",
         },
         enforced: { type: "boolean", description: "False when the cell's live ruleset lacks part of these rules, as found by refresh." },
-        drift: { type: "string", description: "What is missing from the live ruleset, when enforced is false." },
+        drift: { type: "string", description: "The part of the rules missing from the live ruleset, when enforced is false." },
       },
       required: ["name", "enforcedRules", "enforced"],
       inputProperties: SECURITY_GROUP_INPUTS,
@@ -389,7 +389,7 @@ export const PACKAGE_SCHEMA: PackageSchema = {
       properties: {
         ...NETWORK_POLICY_INPUTS,
         enforced: { type: "boolean", description: "False when the cell's live ruleset lacks this policy, as found by refresh." },
-        drift: { type: "string", description: "What is missing from the live ruleset, when enforced is false." },
+        drift: { type: "string", description: "The part of the rules missing from the live ruleset, when enforced is false." },
       },
       required: ["protocol", "ports", "enforced"],
       inputProperties: NETWORK_POLICY_INPUTS,

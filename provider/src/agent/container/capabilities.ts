@@ -1,5 +1,5 @@
 /**
- * Which Linux capabilities a container keeps. Numbers are the kernel's
+ * The Linux capabilities a container keeps. Numbers are the kernel's
  * (include/uapi/linux/capability.h).
  */
 import { readFileSync } from "node:fs";
@@ -79,7 +79,7 @@ export const DROPPED_CAPABILITIES = [
   "CAP_CHECKPOINT_RESTORE",
 ] as const;
 
-/** The kernel's highest capability number; capabilities above 40 are unknown to this table and always dropped. */
+/** Reads the kernel's highest capability number. Capabilities above 40 are unknown to this table and always dropped. */
 export function lastCapability(): number {
   try {
     return Number(readFileSync("/proc/sys/kernel/cap_last_cap", "utf8").trim());
@@ -88,7 +88,7 @@ export function lastCapability(): number {
   }
 }
 
-/** The mask of capabilities a container keeps. CAP_SYS_ADMIN is kept only for privileged containers. */
+/** Computes the mask of capabilities a container keeps. CAP_SYS_ADMIN is kept only for privileged containers. */
 export function keptCapabilityMask(privileged: boolean): bigint {
   const dropped = new Set<number>(DROPPED_CAPABILITIES.map((name) => CAPABILITY_NUMBERS[name]));
   if (!privileged) dropped.add(CAPABILITY_NUMBERS.CAP_SYS_ADMIN);
@@ -99,7 +99,7 @@ export function keptCapabilityMask(privileged: boolean): bigint {
   return mask;
 }
 
-/** Every capability number the running kernel knows, for dropping from the bounding set. */
+/** Lists every capability number of the running kernel, for dropping from the bounding set. */
 export function allCapabilityNumbers(): number[] {
   return Array.from({ length: lastCapability() + 1 }, (_, index) => index);
 }

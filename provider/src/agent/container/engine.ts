@@ -27,7 +27,7 @@ const run = promisify(execFile);
 
 const ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
-/** What the agent remembers about a container, in containers/<id>/state.json. */
+/** The agent's record of a container, kept in containers/<id>/state.json. */
 interface ContainerRecord {
   id: string;
   requestHash: string;
@@ -298,7 +298,7 @@ async function observe(record: ContainerRecord): Promise<ContainerObservation> {
     return observation;
   }
   // A workload may exec other programs and change its own environment, so
-  // command and env are reported as started; the hostname can only change
+  // command and env are reported as started. The hostname can only change
   // from outside, because the container lacks CAP_SYS_ADMIN.
   const hostname = await readHostname(record.pid);
   if (hostname) observation.hostname = hostname;

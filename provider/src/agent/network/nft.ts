@@ -5,7 +5,7 @@
  * script into a single `nft -f -`, which the kernel commits all or nothing,
  * and the fake runner for unit tests behaves the same way.
  */
-import { spawn } from "node:child_process";
+import { type CommandResult, type Runner, spawnRunner } from "./tools";
 
 export type Family = "ip" | "ip6" | "inet" | "arp" | "bridge" | "netdev";
 export type Hook = "prerouting" | "input" | "forward" | "output" | "postrouting" | "ingress";
@@ -434,28 +434,10 @@ export interface NftRunner {
   list(tables: TableRef[]): Promise<NftJsonObject[]>;
 }
 
-export interface ExecResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs one process; unit tests replace it to assert the exact argv and input. */
-export type Exec = (argv: string[], input?: string) => Promise<ExecResult>;
-
-export const spawnExec: Exec = (argv, input) =>
-  new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    child.stdout.on("data", (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout: Buffer.concat(stdout).toString("utf8"), stderr: Buffer.concat(stderr).toString("utf8") }));
-    // The script can be megabytes; an EPIPE from a child that died early is reported through its exit code.
-    child.stdin.on("error", () => undefined);
-    child.stdin.end(input ?? "");
-  });
+export type Exec = Runner;
+export type ExecResult = CommandResult;
+export const spawnExec: Exec = spawnRunner;
 
 /** Runs the real nft binary; `command` may prefix it, such as ["ip", "netns", "exec", "NAME", "nft"]. */
 export class ExecNftRunner implements NftRunner {

@@ -12,6 +12,7 @@ import { formatByteSize, parseByteSize } from "../../../common/units";
 import type { CellConfig } from "../../../transport/cell-config";
 import {
   CheckFailure,
+  DiffKind,
   DiffResult,
   OperationContext,
   PropertyMap,
@@ -85,7 +86,7 @@ function plainInputs(inputs: PropertyMap): Record<string, unknown> {
 }
 
 
-/** The outputs of a container: its inputs as given plus what the cell reports. */
+/** Builds the outputs of a container: its inputs as given plus what the cell reports. */
 function outputsFor(inputs: PropertyMap, observation: ContainerObservation): PropertyMap {
   const outputs: PropertyMap = { ...inputs };
   outputs.env = keepSecret(observation.env, inputs.env);
@@ -143,7 +144,10 @@ export function createContainerHandler(getConfig: () => CellConfig | undefined):
         // Without an explicit hostname the container id is the hostname.
         if (property === "hostname" && after === undefined && before === oldValues.containerId) before = undefined;
         if (after === UNKNOWN || !sameValue(before, after)) {
-          detailedDiff[property] = { kind: before === undefined ? "add-replace" : after === undefined ? "delete-replace" : "update-replace", inputDiff: true };
+          let kind: DiffKind = "update-replace";
+          if (before === undefined) kind = "add-replace";
+          else if (after === undefined) kind = "delete-replace";
+          detailedDiff[property] = { kind, inputDiff: true };
           replaces.push(property);
         }
       }

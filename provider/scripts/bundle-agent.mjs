@@ -15,7 +15,7 @@ const outDir = path.join(providerRoot, "dist-agent");
 const require = createRequire(import.meta.url);
 
 // koffi picks its native binary at run time from a list of paths next to its
-// own package; in a bundle those paths do not exist. This plugin replaces
+// own package, and in a bundle those paths do not exist. This plugin replaces
 // koffi's platform package with a direct require of koffi.node beside the
 // bundle, for the platform the bundle is built on.
 const platformPackage = `@koromix/koffi-${process.platform}-${process.arch}`;

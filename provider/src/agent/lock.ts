@@ -2,8 +2,8 @@
  * Cell-wide locks. Several agents can run on one cell at once (one per SSH
  * connection, so one per concurrent `pulumi up`), and shared state such as the
  * image store must change under a lock that all of them see. The lock is a
- * directory created with mkdir(2), which is atomic; its owner file holds the
- * agent's pid so a lock left by a crashed agent is taken over.
+ * directory created with mkdir(2), which is atomic. Its owner file contains
+ * the agent's pid, so a lock left by a crashed agent is taken over.
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";

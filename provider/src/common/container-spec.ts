@@ -42,7 +42,7 @@ function byteSize(field: string, options: { min: number }) {
   });
 }
 
-/** What the user writes; secrets have already been unwrapped by the plugin. */
+/** The Container inputs as the user writes them, after the plugin has unwrapped secrets. */
 export const containerInputsSchema = z
   .object({
     image: z.string().min(1, "image is empty: give the path of a rootfs tarball or an OCI image archive"),
@@ -145,7 +145,7 @@ function describeIssue(issue: z.core.$ZodIssue): ValidationFailure {
   }
 }
 
-/** The resource limits a spec asks for, as the agent writes them into cgroups. */
+/** Computes the resource limits of a spec, as the agent writes them into cgroups. */
 export function limitsFor(spec: ContainerSpec): { memoryBytes: number; cpuShares: number } {
   return { memoryBytes: spec.memory, cpuShares: cpuSharesForMemory(spec.memory) };
 }

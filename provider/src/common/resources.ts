@@ -28,7 +28,7 @@ export function cpuWeightForShares(shares: number): number {
   return 1 + Math.floor(((shares - 2) * 9999) / 262142);
 }
 
-/** The inverse of cpuWeightForShares, rounded to the nearest share. */
+/** Converts a cgroup v2 cpu.weight back to cpu.shares, the inverse of cpuWeightForShares, rounded to the nearest share. */
 export function cpuSharesForWeight(weight: number): number {
   return Math.round(((weight - 1) * 262142) / 9999) + 2;
 }

@@ -47,7 +47,7 @@ export interface Logger {
   error(message: string): void;
 }
 
-/** What a handler gets besides its inputs. */
+/** The context a handler gets besides its inputs. */
 export interface OperationContext {
   urn: string;
   /** Set when the engine sent Cancel; long operations should stop at the next safe point. */
@@ -61,7 +61,7 @@ export interface OperationContext {
   configUnknown?: boolean;
 }
 
-/** Thrown by create and update when the cell holds a resource that is not fully set up. */
+/** The error that create and update throw when the cell has a resource that is not fully set up. */
 export class PartialFailure extends Error {
   constructor(
     message: string,

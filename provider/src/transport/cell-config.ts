@@ -67,7 +67,7 @@ export type HopConfig = z.output<typeof hop>;
 /** Names of configuration keys whose values are secrets. */
 export const SECRET_CONFIG_KEYS = ["privateKey", "passphrase"] as const;
 
-/** A short label for messages: "root@198.18.0.2:22". */
+/** Formats a short label for messages, such as "root@198.18.0.2:22". */
 export function cellLabel(config: Pick<CellConfig, "user" | "host" | "port">): string {
   return `${config.user}@${config.host}:${config.port}`;
 }

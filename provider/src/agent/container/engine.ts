@@ -276,6 +276,7 @@ async function observe(record: ContainerRecord): Promise<ContainerObservation> {
     await waitForReaped(record.pid, record.pidStartTime);
     running = false;
   }
+
   const limits = await cgroups.readLimits(record.cgroup);
   const observation: ContainerObservation = {
     id: record.id,
@@ -293,10 +294,12 @@ async function observe(record: ContainerRecord): Promise<ContainerObservation> {
     user: record.spec.user,
   };
   if (record.network) await observeNetwork(record, running, observation);
+
   if (!running) {
     observation.reason = await stopReason(record);
     return observation;
   }
+
   // A workload may exec other programs and change its own environment, so
   // command and env are reported as started. The hostname can only change
   // from outside, because the container lacks CAP_SYS_ADMIN.

@@ -5,7 +5,9 @@
 export function canonicalJson(value: unknown): string {
   return JSON.stringify(value ?? null, (_key, inner: unknown) => {
     if (inner && typeof inner === "object" && !Array.isArray(inner)) {
-      return Object.fromEntries(Object.entries(inner as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+      const entries = Object.entries(inner as Record<string, unknown>);
+      entries.sort(([left], [right]) => left.localeCompare(right, "en"));
+      return Object.fromEntries(entries);
     }
     return inner;
   });

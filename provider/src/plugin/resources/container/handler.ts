@@ -58,6 +58,9 @@ const INPUT_DEFAULTS: Partial<Record<(typeof REPLACE_ON_CHANGE)[number], unknown
   labels: {},
 };
 
+/** Stand-ins for required inputs that are unknown during preview. */
+const UNKNOWN_REQUIRED_PLACEHOLDERS: Record<string, unknown> = { image: "unknown", command: ["unknown"] };
+
 /** Outputs computed on the cell, unknown during a preview of a create. */
 const COMPUTED_OUTPUTS = ["containerId", "status", "pid", "startedAt", "imageDigest", "hostname", "address", "publishedPorts"] as const;
 
@@ -120,9 +123,15 @@ export function createContainerHandler(getConfig: () => CellConfig | undefined):
 
     async check(_olds, news) {
       const failures: CheckFailure[] = [];
-      // Unknown values arrive during preview when inputs depend on other resources; they are checked at apply time.
+      // Unknown values arrive during preview when inputs depend on other
+      // resources, and they are checked at apply time. A required input that
+      // is unknown gets a placeholder, so only the known values are judged.
       const known = Object.fromEntries(Object.entries(plainInputs(news)).filter(([, value]) => !containsUnknowns(value as PropertyValue)));
-      const result = validateContainerInputs({ ...known, ...(known.command === undefined && news.command !== undefined ? { command: ["unknown"] } : {}), ...(known.image === undefined && news.image !== undefined ? { image: "unknown" } : {}) });
+      const candidate: Record<string, unknown> = { ...known };
+      for (const [name, placeholder] of Object.entries(UNKNOWN_REQUIRED_PLACEHOLDERS)) {
+        if (candidate[name] === undefined && news[name] !== undefined) candidate[name] = placeholder;
+      }
+      const result = validateContainerInputs(candidate);
       if (!result.ok) failures.push(...result.failures);
       if (typeof known.image === "string" && known.image.length > 0) {
         const problem = await describeImageProblem(known.image);
@@ -247,22 +256,8 @@ export function createContainerHandler(getConfig: () => CellConfig | undefined):
   };
 }
 
-const INPUT_NAMES = [
-  "image",
-  "command",
-  "env",
-  "workingDir",
-  "user",
-  "hostname",
-  "memory",
-  "diskQuota",
-  "privileged",
-  "seccompDeny",
-  "ports",
-  "bandwidth",
-  "securityGroups",
-  "labels",
-];
+/** Every Container input: the ones that replace the container, plus image and memory. */
+const INPUT_NAMES: string[] = ["image", "memory", ...REPLACE_ON_CHANGE];
 
 /** Recovers inputs from state, for a read during import when the engine has no inputs. */
 function pickInputs(state: PropertyMap): PropertyMap {
